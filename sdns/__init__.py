@@ -1,0 +1,1 @@
+"""sdns: a pluggable DNS and service-discovery server."""

@@ -1,0 +1,5 @@
+import sys
+
+from sdns.cli import main
+
+sys.exit(main())

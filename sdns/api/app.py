@@ -1,0 +1,127 @@
+"""Routes of the HTTP API over plain handlers: parse, call the registry, render JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from sdns.errors import Invalid, SdnsError
+from sdns.model import ServiceKey
+from sdns.registry import Registry
+from sdns.validation import label, service_key
+
+MAX_BODY = 64 * 1024
+REGISTRY = web.AppKey("registry", Registry)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as ``{"error": ..., "field": ...}`` with its status."""
+    try:
+        return await handler(request)
+    except SdnsError as error:
+        return web.json_response(error.to_json(), status=error.status)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return web.json_response({"error": error.reason.lower()}, status=error.status)
+
+
+def _key(request: web.Request) -> ServiceKey:
+    return service_key(request.match_info["namespace"], request.match_info["name"])
+
+
+def _endpoint_id(request: web.Request) -> str:
+    return label(request.match_info["id"], "id")
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Invalid(f"body is larger than {MAX_BODY // 1024} KiB", "body") from None
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Invalid(f"body is not valid JSON: {error}", "body") from None
+
+
+def _registry(request: web.Request) -> Registry:
+    return request.app[REGISTRY]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_services(request: web.Request) -> web.Response:
+    namespace = request.query.get("namespace")
+    if namespace is not None:
+        label(namespace, "namespace")
+    services = _registry(request).services(namespace)
+    return web.json_response({"services": [s.to_json() for s in services]})
+
+
+async def get_service(request: web.Request) -> web.Response:
+    return web.json_response(_registry(request).service(_key(request)).to_json())
+
+
+async def put_service(request: web.Request) -> web.Response:
+    key = _key(request)
+    service, created = await _registry(request).put_service(key, await _body(request))
+    return web.json_response(service.to_json(), status=201 if created else 200)
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    await _registry(request).delete_service(_key(request))
+    return web.Response(status=204)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    endpoints = _registry(request).endpoints(_key(request))
+    return web.json_response({"endpoints": [e.to_json() for e in endpoints]})
+
+
+async def put_endpoint(request: web.Request) -> web.Response:
+    key, endpoint_id = _key(request), _endpoint_id(request)
+    endpoint, created = await _registry(request).put_endpoint(key, endpoint_id,
+                                                              await _body(request))
+    return web.json_response(endpoint.to_json(), status=201 if created else 200)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    endpoint = await _registry(request).heartbeat(_key(request), _endpoint_id(request))
+    return web.json_response(endpoint.to_json())
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    await _registry(request).delete_endpoint(_key(request), _endpoint_id(request))
+    return web.Response(status=204)
+
+
+SERVICE = "/v1/services/{namespace}/{name}"
+ENDPOINT = SERVICE + "/endpoints/{id}"
+
+
+def make_app(registry: Registry) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
+    app[REGISTRY] = registry
+    app.add_routes([
+        web.get("/healthz", healthz),
+        web.get("/v1/services", list_services),
+        web.get(SERVICE, get_service),
+        web.put(SERVICE, put_service),
+        web.delete(SERVICE, delete_service),
+        web.get(SERVICE + "/endpoints", list_endpoints),
+        web.put(ENDPOINT, put_endpoint),
+        web.delete(ENDPOINT, delete_endpoint),
+        web.post(ENDPOINT + "/heartbeat", heartbeat),
+    ])
+    return app

@@ -1,0 +1,131 @@
+"""Configuration: defaults < TOML file < ``SDNS_*`` environment < command-line flags.
+
+Every setting has one name, spelled ``dns-addr`` in the file and on the command line and
+``SDNS_DNS_ADDR`` in the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sdns.errors import Invalid
+from sdns.validation import domain_name
+
+
+class ConfigError(Exception):
+    pass
+
+
+class HostPort(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def host_port(value: Any) -> HostPort:
+    """``HOST:PORT`` or ``[IPv6]:PORT``."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return HostPort(host, int(port))
+
+
+def _cidr(value: Any) -> str:
+    try:
+        network = ipaddress.ip_network(str(value))
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a network in CIDR notation: {error}") from None
+    if network.num_addresses < 4:
+        raise ValueError(f"{value} is too small to hold service addresses")
+    return str(network)
+
+
+def _zone(value: Any) -> str:
+    try:
+        return domain_name(value, "zone")
+    except Invalid as error:
+        raise ValueError(error.reason) from None
+
+
+def _seconds(value: Any) -> int:
+    number = int(value)
+    if isinstance(value, bool) or not 0 <= number <= 2**31 - 1:
+        raise ValueError(f"{value!r} is not a number of seconds")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    backend: str = "memory"
+    dns_addr: HostPort = HostPort("127.0.0.1", 1053)
+    api_addr: HostPort = HostPort("127.0.0.1", 8053)
+    zone: str = "cluster.local"
+    service_cidr: str = "10.96.0.0/12"
+    ttl: int = 5
+
+
+# How each setting is read from text (environment) or TOML values.
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "backend": str,
+    "dns_addr": host_port,
+    "api_addr": host_port,
+    "zone": _zone,
+    "service_cidr": _cidr,
+    "ttl": _seconds,
+}
+
+
+def setting_names() -> list[str]:
+    return [f.name.replace("_", "-") for f in fields(Config)]
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """The config from all sources; flags with value None are not given."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(Path(path)))
+    for name in _PARSERS:
+        env_name = "SDNS_" + name.upper()
+        if env and env_name in env:
+            values[name] = _parse(name, env[env_name], env_name)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _parse(name, value, "--" + name.replace("_", "-"))
+    return Config(**values)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in _PARSERS:
+            known = ", ".join(setting_names())
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
+        values[name] = _parse(name, value, f"{path}: {key}")
+    return values
+
+
+def _parse(name: str, value: Any, source: str) -> Any:
+    try:
+        return _PARSERS[name](value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: {error}") from None

@@ -1,0 +1,134 @@
+"""DNS wire format on the hot path: read the question and EDNS of a query, patch replies.
+
+Nothing here builds a dnslib object; a cached answer is bytes plus a few integers.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+HEADER = 12
+QTYPE_OPT = 41
+QTYPE_IXFR, QTYPE_AXFR, QTYPE_ANY = 251, 252, 255
+CLASS_IN = 1
+# Our EDNS UDP payload size (DNS flag day 2020).
+EDNS_PAYLOAD = 1232
+PLAIN_UDP_LIMIT = 512
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+_DO = 0x8000
+_OPT_HEAD = struct.pack(">BHH", 0, QTYPE_OPT, EDNS_PAYLOAD)
+OPT = _OPT_HEAD + struct.pack(">IH", 0, 0)
+OPT_DO = _OPT_HEAD + struct.pack(">IH", _DO, 0)
+OPT_BADVERS = _OPT_HEAD + struct.pack(">IH", 1 << 24, 0)
+
+
+class Drop(Exception):
+    """Not worth an answer: too short to hold a header, or itself a response."""
+
+
+class FormatError(Exception):
+    """The header is readable but the rest is not."""
+
+
+class Query(NamedTuple):
+    qname: bytes  # wire form, lowercased
+    qtype: int
+    qclass: int
+    end: int  # offset just past the question
+    opt: bytes | None  # the OPT record to answer with; None without EDNS
+    udp_limit: int
+    edns_version: int
+
+
+def parse(data: bytes) -> Query:
+    """The question and EDNS options of a query."""
+    if len(data) < HEADER or data[2] & 0x80:
+        raise Drop
+    if data[4] or data[5] != 1:
+        raise FormatError("a query carries exactly one question")
+    pos = HEADER
+    size = len(data)
+    while True:
+        if pos >= size:
+            raise FormatError("question name runs past the message")
+        length = data[pos]
+        if length == 0:
+            break
+        if length > 63:
+            raise FormatError("compressed or extended label in the question")
+        pos += length + 1
+    name_end = pos + 1
+    if name_end - HEADER > 255:
+        raise FormatError("question name longer than 255 octets")
+    end = name_end + 4
+    if end > size:
+        raise FormatError("question truncated")
+    qtype = data[name_end] << 8 | data[name_end + 1]
+    qclass = data[name_end + 2] << 8 | data[name_end + 3]
+    opt, udp_limit, version = None, PLAIN_UDP_LIMIT, 0
+    if data[10] or data[11] or data[6] or data[7] or data[8] or data[9]:
+        opt, udp_limit, version = _edns(data, end)
+    return Query(data[HEADER:name_end].lower(), qtype, qclass, end, opt, udp_limit, version)
+
+
+def _edns(data: bytes, pos: int) -> tuple[bytes | None, int, int]:
+    """Find the OPT record among the other sections; (reply OPT, UDP limit, version)."""
+    records = sum(struct.unpack_from(">HHH", data, 6))
+    found: tuple[bytes | None, int, int] | None = None
+    try:
+        for _ in range(records):
+            pos = _skip_name(data, pos)
+            rtype, rclass, ttl, rdlength = struct.unpack_from(">HHIH", data, pos)
+            pos += 10 + rdlength
+            if pos > len(data):
+                raise FormatError("record data runs past the message")
+            if rtype == QTYPE_OPT:
+                if found is not None:
+                    raise FormatError("more than one OPT record")
+                version = ttl >> 16 & 0xFF
+                limit = max(PLAIN_UDP_LIMIT, min(rclass, EDNS_PAYLOAD))
+                found = (OPT_DO if ttl & _DO else OPT, limit, version)
+    except struct.error:
+        raise FormatError("record truncated") from None
+    return found or (None, PLAIN_UDP_LIMIT, 0)
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    while True:
+        if pos >= len(data):
+            raise FormatError("name runs past the message")
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        pos += length + 1
+
+
+def labels(qname: bytes) -> tuple[bytes, ...]:
+    """The labels of a wire-form name, root excluded."""
+    out = []
+    pos = 0
+    while qname[pos]:
+        length = qname[pos]
+        out.append(qname[pos + 1:pos + 1 + length])
+        pos += length + 1
+    return tuple(out)
+
+
+def error_reply(data: bytes, rcode: int, query: Query | None = None) -> bytes:
+    """A reply that answers nothing: the header (ID, opcode, RD echoed), the question when it
+    could be read, and OPT when the query had one."""
+    opcode_rd = data[2] & 0x79 if len(data) > 2 else 0
+    ext_rcode, rcode = rcode >> 4, rcode & 0xF
+    question = b"" if query is None else data[HEADER:query.end]
+    opt = b""
+    if query is not None and query.opt is not None:
+        opt = OPT_BADVERS if ext_rcode else query.opt
+    flags = bytes((0x80 | opcode_rd, rcode))
+    counts = struct.pack(">HHHH", 1 if question else 0, 0, 0, 1 if opt else 0)
+    return data[:2] + flags + counts + question + opt

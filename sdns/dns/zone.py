@@ -1,0 +1,259 @@
+"""The cluster zone: which records a name has, following the Kubernetes DNS-Based Service
+Discovery schema 1.1.0, and which data each answer depends on (its tags), so the cache can drop
+exactly the answers a change touches."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
+
+from sdns.dns.wire import NOERROR, NXDOMAIN, QTYPE_ANY
+from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
+from sdns.watch import Change, View
+
+SCHEMA_VERSION = "1.1.0"
+_REVERSE_V4 = (b"in-addr", b"arpa")
+_REVERSE_V6 = (b"ip6", b"arpa")
+_PROTOCOL_LABELS = {b"_" + p.value.lower().encode(): p for p in Protocol}
+
+Tag = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rcode: int
+    answer: tuple[RR, ...] = ()
+    authority: tuple[RR, ...] = ()
+    additional: tuple[RR, ...] = ()
+    tags: frozenset[Tag] = frozenset()
+
+
+@dataclass(slots=True)
+class _Node:
+    """A name that exists: its records by type (none for an empty non-terminal)."""
+
+    records: dict[int, list[RR]] = field(default_factory=dict)
+    additional: list[RR] = field(default_factory=list)
+    tags: set[Tag] = field(default_factory=set)
+
+
+def service_tag(key: ServiceKey) -> Tag:
+    return ("svc", key)
+
+
+def namespace_tag(namespace: str) -> Tag:
+    return ("ns", namespace)
+
+
+def ip_tag(ip: str) -> Tag:
+    return ("ip", ip)
+
+
+def change_tags(change: Change) -> set[Tag]:
+    """The tags of every answer that ``change`` may alter."""
+    tags = {service_tag(change.key), namespace_tag(change.key.namespace)}
+    tags.update(ip_tag(ip) for ip in change.ips)
+    return tags
+
+
+class Zone:
+    def __init__(self, origin: str, ttl: int, view: View, nameserver: str | None = None) -> None:
+        self.origin = tuple(label.encode() for label in origin.lower().split("."))
+        self.ttl = ttl
+        self.view = view
+        self.nameserver = nameserver
+        self._origin_name = DNSLabel(list(self.origin))
+        self._ns_name = DNSLabel([b"ns", b"dns", *self.origin])
+        self._soas = {
+            zone: RR(DNSLabel(list(zone)), QTYPE.SOA, ttl=ttl, rdata=SOA(
+                self._ns_name, DNSLabel([b"hostmaster", *self.origin]),
+                (1, 7200, 1800, 86400, ttl)))
+            for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
+        }
+
+    def answer(self, labels: tuple[bytes, ...], qtype: int) -> Answer | None:
+        """The answer for a lowercased name, or None when the name is not ours."""
+        origin = self.origin
+        if labels[len(labels) - len(origin):] == origin:
+            zone = origin
+            node = self._cluster_node(labels, labels[:len(labels) - len(origin)])
+        elif labels[-2:] in (_REVERSE_V4, _REVERSE_V6):
+            zone = labels[-2:]
+            node = self._reverse_node(labels)
+            if node is None:
+                return None
+        else:
+            return None
+        soa = (self._soas[zone],)
+        if isinstance(node, frozenset):  # the name does not exist; these are its tags
+            return Answer(NXDOMAIN, authority=soa, tags=node)
+        tags = frozenset(node.tags)
+        records = node.records
+        if qtype == QTYPE_ANY and records:
+            qtype = next(iter(records))  # RFC 8482: one RRset is enough
+        if qtype in records:
+            extra = tuple(node.additional) if qtype == QTYPE.SRV else ()
+            return Answer(NOERROR, tuple(records[qtype]), additional=extra, tags=tags)
+        if QTYPE.CNAME in records:
+            return Answer(NOERROR, tuple(records[QTYPE.CNAME]), tags=tags)
+        return Answer(NOERROR, authority=soa, tags=tags)
+
+    # The cluster zone
+
+    def _cluster_node(self, labels: tuple[bytes, ...], relative: tuple[bytes, ...]
+                      ) -> _Node | frozenset[Tag]:
+        owner = DNSLabel(list(labels))
+        match relative:
+            case ():
+                return _Node({
+                    QTYPE.SOA: [self._soas[self.origin]],
+                    QTYPE.NS: [RR(owner, QTYPE.NS, ttl=self.ttl, rdata=NS(self._ns_name))],
+                })
+            case (b"dns-version",):
+                return _Node({QTYPE.TXT: [RR(owner, QTYPE.TXT, ttl=self.ttl,
+                                             rdata=TXT(SCHEMA_VERSION))]})
+            case (b"dns",) | (b"svc",) | (b"pod",) | (_, b"pod"):
+                return _Node()
+            case (b"ns", b"dns"):
+                return self._address_node(owner, [self.nameserver] if self.nameserver else [])
+            case (pod, _, b"pod"):
+                return self._pod_node(owner, pod)
+            case (*_, namespace, b"svc"):
+                return self._service_tree(owner, relative[:-1], namespace.decode("latin-1"))
+        return frozenset()
+
+    def _service_tree(self, owner: DNSLabel, relative: tuple[bytes, ...], namespace: str
+                      ) -> _Node | frozenset[Tag]:
+        if len(relative) == 1:
+            tag = namespace_tag(namespace)
+            return _Node(tags={tag}) if self.view.has_namespace(namespace) else frozenset({tag})
+        key = ServiceKey(namespace, relative[-2].decode("latin-1"))
+        missing = frozenset({service_tag(key)})
+        service = self.view.service(key)
+        if service is None:
+            return missing
+        ready = self.view.ready_endpoints(key)
+        if service.type is ServiceType.HEADLESS and not ready:
+            return missing
+        below = relative[:-2]
+        node: _Node | None = None
+        if not below:
+            node = self._service_node(owner, service, ready)
+        elif len(below) == 1 and below[0] in _PROTOCOL_LABELS:
+            protocol = _PROTOCOL_LABELS[below[0]]
+            if service.type is not ServiceType.EXTERNAL_NAME and any(
+                    p.protocol is protocol for p in service.ports):
+                node = _Node()
+        elif len(below) == 1 and service.type is ServiceType.HEADLESS:
+            hostname = below[0].decode("latin-1")
+            ips = [e.ip for e in ready if e.hostname == hostname]
+            if ips:
+                node = self._address_node(owner, ips)
+        elif len(below) == 2 and below[1] in _PROTOCOL_LABELS:
+            node = self._srv_node(owner, service, ready, below[0], _PROTOCOL_LABELS[below[1]])
+        if node is None:
+            return missing
+        node.tags.update(missing)
+        return node
+
+    def _service_node(self, owner: DNSLabel, service: Service, ready: list[Endpoint]) -> _Node:
+        if service.type is ServiceType.EXTERNAL_NAME:
+            target = DNSLabel(service.external_name)
+            return _Node({QTYPE.CNAME: [RR(owner, QTYPE.CNAME, ttl=self.ttl,
+                                           rdata=CNAME(target))]})
+        if service.type is ServiceType.CLUSTER_IP:
+            return self._address_node(owner, [service.cluster_ip] if service.cluster_ip else [])
+        return self._address_node(owner, [e.ip for e in ready])
+
+    def _srv_node(self, owner: DNSLabel, service: Service, ready: list[Endpoint],
+                  port_label: bytes, protocol: Protocol) -> _Node | None:
+        if service.type is ServiceType.EXTERNAL_NAME or not port_label.startswith(b"_"):
+            return None
+        name = port_label[1:].decode("latin-1")
+        port = next((p for p in service.ports if p.name == name and p.protocol is protocol), None)
+        if port is None:
+            return None
+        service_name = [service.name.encode(), service.namespace.encode(), b"svc", *self.origin]
+        targets: dict[tuple[str, int], list[str]] = {}
+        if service.type is ServiceType.CLUSTER_IP:
+            targets[("", port.port)] = [service.cluster_ip] if service.cluster_ip else []
+        else:
+            for endpoint in ready:
+                targets.setdefault((endpoint.hostname, endpoint.port(port)), []).append(
+                    endpoint.ip)
+        records, additional = [], []
+        seen_hosts = set()
+        for (hostname, number), ips in targets.items():
+            target = DNSLabel([hostname.encode(), *service_name] if hostname else service_name)
+            records.append(RR(owner, QTYPE.SRV, ttl=self.ttl,
+                              rdata=SRV(0, 100, number, target)))
+            if hostname not in seen_hosts:
+                seen_hosts.add(hostname)
+                ips = [e.ip for e in ready if e.hostname == hostname] if hostname else ips
+                additional.extend(self._address_records(target, ips))
+        return _Node({QTYPE.SRV: records}, additional)
+
+    def _pod_node(self, owner: DNSLabel, pod: bytes) -> _Node | frozenset[Tag]:
+        text = pod.decode("latin-1")
+        try:
+            ip = ipaddress.IPv4Address(text.replace("-", "."))
+        except ValueError:
+            try:
+                ip = ipaddress.IPv6Address(text.replace("-", ":"))
+            except ValueError:
+                return frozenset()
+        return self._address_node(owner, [str(ip)])
+
+    def _address_node(self, owner: DNSLabel, ips: list[str]) -> _Node:
+        node = _Node()
+        for record in self._address_records(owner, ips):
+            node.records.setdefault(record.rtype, []).append(record)
+        return node
+
+    def _address_records(self, owner: DNSLabel, ips: list[str]) -> list[RR]:
+        return [
+            RR(owner, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(ip)) if ":" in ip
+            else RR(owner, QTYPE.A, ttl=self.ttl, rdata=A(ip))
+            for ip in ips
+        ]
+
+    # Reverse zones: only the addresses we hold; other names are not ours.
+
+    def _reverse_node(self, labels: tuple[bytes, ...]) -> _Node | None:
+        ip = _reverse_ip(labels)
+        if ip is None:
+            return None
+        targets: list[DNSLabel] = []
+        for key, endpoint_id in sorted(self.view.holders(ip), key=lambda h: (h[0], h[1] or "")):
+            service = self.view.service(key)
+            if service is None:
+                continue
+            name = [key.name.encode(), key.namespace.encode(), b"svc", *self.origin]
+            if endpoint_id is None and service.type is ServiceType.CLUSTER_IP:
+                targets.append(DNSLabel(name))
+            elif endpoint_id is not None and service.type is ServiceType.HEADLESS:
+                endpoint = self.view.endpoint(key, endpoint_id)
+                if endpoint is not None and endpoint.ready:
+                    targets.append(DNSLabel([endpoint.hostname.encode(), *name]))
+        if not targets:
+            return None
+        owner = DNSLabel(list(labels))
+        tags = {ip_tag(ip)} | {service_tag(key) for key, _ in self.view.holders(ip)}
+        return _Node({QTYPE.PTR: [RR(owner, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t))
+                                  for t in targets]}, tags=tags)
+
+
+def _reverse_ip(labels: tuple[bytes, ...]) -> str | None:
+    """The address a reverse name stands for, or None for any other name."""
+    digits = labels[:-2]
+    try:
+        if labels[-2:] == _REVERSE_V4 and len(digits) == 4:
+            return str(ipaddress.IPv4Address(b".".join(reversed(digits)).decode()))
+        if labels[-2:] == _REVERSE_V6 and len(digits) == 32 and all(len(d) == 1 for d in digits):
+            return str(ipaddress.IPv6Address(int(b"".join(reversed(digits)), 16)))
+    except ValueError:
+        return None
+    return None

@@ -1,0 +1,41 @@
+"""Errors as values a user can act on; the API maps each to one HTTP status."""
+
+
+class SdnsError(Exception):
+    """Base of every error sdns reports to a user."""
+
+    status = 500
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+    def to_json(self) -> dict[str, str]:
+        body = {"error": self.reason}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class Invalid(SdnsError):
+    """The request itself is wrong: a bad name, address, port or body."""
+
+    status = 400
+
+
+class NotFound(SdnsError):
+    status = 404
+
+
+class Conflict(SdnsError):
+    """The request is well formed but clashes with what is stored."""
+
+    status = 409
+
+
+class BackendUnavailable(SdnsError):
+    status = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"backend unavailable: {detail}")

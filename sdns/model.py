@@ -1,0 +1,173 @@
+"""The one vocabulary of sdns: services, their ports, endpoints and change events.
+
+Values are immutable. ``to_json``/``from_json`` give the wire form used by the HTTP API and by
+the backends for storage; ``from_json`` trusts its input (user input goes through
+``sdns.validation`` first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal, NamedTuple
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    HEADLESS = "Headless"
+    EXTERNAL_NAME = "ExternalName"
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+class ServiceKey(NamedTuple):
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+    target_port: int = 0  # 0 means "same as port"; see ``target``
+
+    @property
+    def target(self) -> int:
+        return self.target_port or self.port
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "protocol": self.protocol.value,
+            "targetPort": self.target,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServicePort:
+        return cls(
+            name=data["name"],
+            port=data["port"],
+            protocol=Protocol(data.get("protocol", "TCP")),
+            target_port=data.get("targetPort", data["port"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: ServiceType = ServiceType.CLUSTER_IP
+    ports: tuple[ServicePort, ...] = ()
+    cluster_ip: str | None = None  # only for ClusterIP services
+    external_name: str | None = None  # only for ExternalName services
+
+    @property
+    def key(self) -> ServiceKey:
+        return ServiceKey(self.namespace, self.name)
+
+    def port(self, name: str) -> ServicePort | None:
+        return next((p for p in self.ports if p.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        cluster_ip = "None" if self.type is ServiceType.HEADLESS else self.cluster_ip
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "type": self.type.value,
+            "ports": [p.to_json() for p in self.ports],
+            "clusterIP": cluster_ip,
+            "externalName": self.external_name,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Service:
+        service_type = ServiceType(data["type"])
+        return cls(
+            namespace=data["namespace"],
+            name=data["name"],
+            type=service_type,
+            ports=tuple(ServicePort.from_json(p) for p in data.get("ports", ())),
+            cluster_ip=data.get("clusterIP") if service_type is ServiceType.CLUSTER_IP else None,
+            external_name=data.get("externalName"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str
+    ip: str
+    hostname: str
+    ports: tuple[tuple[str, int], ...] = ()  # (port name, number), sorted by name
+    ready: bool = True
+    ttl: int = 0  # seconds; 0 never expires
+    expires_at: float | None = None  # Unix time; None when ttl is 0
+
+    def port(self, service_port: ServicePort) -> int:
+        """The number this endpoint serves ``service_port`` on."""
+        return dict(self.ports).get(service_port.name, service_port.target)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "ports": dict(self.ports),
+            "ready": self.ready,
+            "ttl": self.ttl,
+            "expiresAt": _timestamp(self.expires_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Endpoint:
+        expires_at = data.get("expiresAt")
+        return cls(
+            id=data["id"],
+            ip=data["ip"],
+            hostname=data.get("hostname") or data["id"],
+            ports=tuple(sorted(data.get("ports", {}).items())),
+            ready=data.get("ready", True),
+            ttl=data.get("ttl", 0),
+            expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,
+        )
+
+
+Action = Literal["put", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change in a backend. ``endpoint_id`` is None for a change to the service itself;
+    ``value`` is the new object for a put and None for a delete."""
+
+    revision: int
+    action: Action
+    key: ServiceKey
+    endpoint_id: str | None = None
+    value: Service | Endpoint | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "action": self.action,
+            "kind": "service" if self.endpoint_id is None else "endpoint",
+            "namespace": self.key.namespace,
+            "service": self.key.name,
+            "id": self.endpoint_id,
+            "object": None if self.value is None else self.value.to_json(),
+        }
+
+
+def _timestamp(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds")

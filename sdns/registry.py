@@ -1,0 +1,135 @@
+"""Registration: validates requests, allocates clusterIPs, stamps TTL deadlines, and writes
+through the backend. Reads come from the watcher's view, which every write waits for, so a
+client sees its own write in the API and in DNS as soon as the write returns."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from backends import Backend, ClusterIPTaken, ServiceExists
+from sdns import validation
+from sdns.cluster_ip import ClusterIPRange
+from sdns.errors import Conflict, Invalid, NotFound
+from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.watch import Watcher
+
+# A chosen free address can be claimed by another replica first; then pick again.
+ALLOCATION_TRIES = 16
+
+
+class Registry:
+    def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRange) -> None:
+        self.backend = backend
+        self.watcher = watcher
+        self.cluster_ips = cluster_ips
+
+    # Reads
+
+    def services(self, namespace: str | None = None) -> list[Service]:
+        found = (s for s in self.watcher.view.services()
+                 if namespace is None or s.namespace == namespace)
+        return sorted(found, key=lambda s: s.key)
+
+    def service(self, key: ServiceKey) -> Service:
+        service = self.watcher.view.service(key)
+        if service is None:
+            raise NotFound(f"service {key} not found")
+        return service
+
+    def endpoints(self, key: ServiceKey) -> list[Endpoint]:
+        self.service(key)
+        return self.watcher.view.endpoints(key)
+
+    # Writes
+
+    async def put_service(self, key: ServiceKey, body: Any) -> tuple[Service, bool]:
+        """Create or replace a service; answers the stored service and whether it is new."""
+        requested = validation.service(key, body)
+        old = await self.backend.get_service(key)
+        return await self._store(requested, old), old is None
+
+    async def delete_service(self, key: ServiceKey) -> None:
+        await self._settle(await self.backend.delete_service(key))
+
+    async def put_endpoint(self, key: ServiceKey, endpoint_id: str,
+                           body: Any) -> tuple[Endpoint, bool]:
+        """Register or replace an endpoint, creating its service when there is none."""
+        request = validation.endpoint(endpoint_id, body)
+        service = await self.backend.get_service(key)
+        if service is None:
+            service = await self._create_for_endpoint(key, request.ports)
+        if service.type is ServiceType.EXTERNAL_NAME:
+            raise Conflict(f"service {key} is an ExternalName service; it has no endpoints",
+                           "type")
+        for name in request.ports:
+            if service.port(name) is None:
+                raise Invalid(f"service {key} has no port named {name!r}", f"ports.{name}")
+        ports = {p.name: p.target for p in service.ports} | request.ports
+        endpoint = Endpoint(
+            id=request.id,
+            ip=request.ip,
+            hostname=request.hostname,
+            ports=tuple(sorted(ports.items())),
+            ready=request.ready,
+            ttl=request.ttl,
+            expires_at=time.time() + request.ttl if request.ttl else None,
+        )
+        created = self.watcher.view.endpoint(key, request.id) is None
+        await self._settle(await self.backend.put_endpoint(key, endpoint))
+        return endpoint, created
+
+    async def heartbeat(self, key: ServiceKey, endpoint_id: str) -> Endpoint:
+        revision, endpoint = await self.backend.renew_endpoint(key, endpoint_id)
+        await self._settle(revision)
+        return endpoint
+
+    async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
+        await self._settle(await self.backend.delete_endpoint(key, endpoint_id))
+
+    async def _create_for_endpoint(self, key: ServiceKey, ports: dict[str, int]) -> Service:
+        """The one-call path: a ClusterIP service whose ports are the endpoint's."""
+        service = Service(
+            namespace=key.namespace,
+            name=key.name,
+            ports=tuple(ServicePort(name, number, Protocol.TCP, number)
+                        for name, number in sorted(ports.items())),
+        )
+        try:
+            return await self._store(service, None, create=True)
+        except ServiceExists:
+            # Another request created it first: register against that one.
+            existing = await self.backend.get_service(key)
+            if existing is None:
+                raise NotFound(f"service {key} was deleted while registering") from None
+            return existing
+
+    async def _store(self, service: Service, old: Service | None, *, create: bool = False
+                     ) -> Service:
+        if service.type is not ServiceType.CLUSTER_IP:
+            await self._settle(await self.backend.put_service(service, create=create))
+            return service
+        if service.cluster_ip is not None:
+            if service.cluster_ip not in self.cluster_ips:
+                raise Conflict(f"clusterIP {service.cluster_ip} is outside the service CIDR "
+                               f"{self.cluster_ips.network}", "clusterIP")
+            candidates = [service.cluster_ip]
+        elif old is not None and old.cluster_ip is not None:
+            candidates = [old.cluster_ip]  # a service keeps its address across updates
+        else:
+            candidates = self.cluster_ips.free(self.watcher.view.cluster_ips())
+        for tries, ip in enumerate(candidates, 1):
+            stored = replace(service, cluster_ip=ip)
+            try:
+                revision = await self.backend.put_service(stored, create=create)
+            except ClusterIPTaken:
+                if service.cluster_ip is not None or tries >= ALLOCATION_TRIES:
+                    raise
+                continue
+            await self._settle(revision)
+            return stored
+        raise Conflict(f"no free clusterIP left in {self.cluster_ips.network}", "clusterIP")
+
+    async def _settle(self, revision: int) -> None:
+        await self.watcher.caught_up(revision)

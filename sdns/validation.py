@@ -1,0 +1,186 @@
+"""Untrusted input (API paths and JSON bodies) → model values, or ``Invalid`` naming the field."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sdns.errors import Invalid
+from sdns.model import Protocol, Service, ServiceKey, ServicePort, ServiceType
+
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_HOST_LABEL = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?")
+MAX_TTL = 2**31 - 1
+
+
+def label(value: Any, field: str, max_length: int = 63) -> str:
+    """A DNS-1123 label: lowercase letters, digits and '-', not at either end."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length:
+        raise Invalid(f"{field} must be a string of 1 to {max_length} characters", field)
+    if not _LABEL.fullmatch(value):
+        raise Invalid(
+            f"{field} {value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit)",
+            field,
+        )
+    return value
+
+
+def service_key(namespace: str, name: str) -> ServiceKey:
+    return ServiceKey(label(namespace, "namespace"), label(name, "name"))
+
+
+def ip_address(value: Any, field: str) -> str:
+    """An IPv4 or IPv6 address in canonical text form."""
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be an IP address string", field)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise Invalid(f"{field} {value!r} is not an IPv4 or IPv6 address", field) from None
+
+
+def port_number(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise Invalid(f"{field} must be an integer from 1 to 65535", field)
+    return value
+
+
+def domain_name(value: Any, field: str) -> str:
+    """A fully qualified host name, lowercased, without the trailing dot."""
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be a domain name string", field)
+    name = value.lower().removesuffix(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(
+        len(part) <= 63 and _HOST_LABEL.fullmatch(part) for part in labels
+    ):
+        raise Invalid(f"{field} {value!r} is not a valid domain name", field)
+    return name
+
+
+def _object(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise Invalid(f"{what} must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(f"unknown field {unknown[0]!r} in {what}", unknown[0])
+    return body
+
+
+def _matches_path(body: dict[str, Any], field: str, expected: str) -> None:
+    if field in body and body[field] != expected:
+        raise Invalid(f"{field} {body[field]!r} in the body differs from {expected!r} in the path",
+                      field)
+
+
+def service(key: ServiceKey, body: Any) -> Service:
+    """A service as the user asked for it; ``cluster_ip`` None means "allocate one"."""
+    data = _object(body, {"namespace", "name", "type", "ports", "clusterIP", "externalName"},
+                   "service")
+    _matches_path(data, "namespace", key.namespace)
+    _matches_path(data, "name", key.name)
+    cluster_ip = data.get("clusterIP")
+    try:
+        kind = ServiceType(data.get("type", "ClusterIP"))
+    except ValueError:
+        raise Invalid(f"type must be one of {', '.join(t.value for t in ServiceType)}",
+                      "type") from None
+    if cluster_ip == "None" and kind is not ServiceType.EXTERNAL_NAME:
+        kind, cluster_ip = ServiceType.HEADLESS, None
+    external_name = data.get("externalName")
+    if kind is ServiceType.EXTERNAL_NAME:
+        if external_name is None:
+            raise Invalid("an ExternalName service needs externalName", "externalName")
+        external_name = domain_name(external_name, "externalName")
+    elif external_name is not None:
+        raise Invalid(f"externalName is only for ExternalName services, not {kind.value}",
+                      "externalName")
+    if cluster_ip is not None:
+        if kind is not ServiceType.CLUSTER_IP:
+            raise Invalid(f"a {kind.value} service has no clusterIP", "clusterIP")
+        cluster_ip = ip_address(cluster_ip, "clusterIP")
+    return Service(
+        namespace=key.namespace,
+        name=key.name,
+        type=kind,
+        ports=service_ports(data.get("ports", [])),
+        cluster_ip=cluster_ip,
+        external_name=external_name,
+    )
+
+
+def service_ports(value: Any) -> tuple[ServicePort, ...]:
+    if not isinstance(value, list):
+        raise Invalid("ports must be a list of objects", "ports")
+    ports: list[ServicePort] = []
+    for i, item in enumerate(value):
+        field = f"ports[{i}]"
+        data = _object(item, {"name", "port", "protocol", "targetPort"}, field)
+        if "name" not in data:
+            raise Invalid(f"{field}.name is required: SRV records and endpoints refer to "
+                          "ports by name", f"{field}.name")
+        if "port" not in data:
+            raise Invalid(f"{field}.port is required", f"{field}.port")
+        try:
+            protocol = Protocol(data.get("protocol", "TCP"))
+        except ValueError:
+            raise Invalid(f"{field}.protocol must be one of TCP, UDP, SCTP",
+                          f"{field}.protocol") from None
+        port = ServicePort(
+            name=label(data["name"], f"{field}.name", max_length=15),
+            port=port_number(data["port"], f"{field}.port"),
+            protocol=protocol,
+            target_port=port_number(data.get("targetPort", data["port"]), f"{field}.targetPort"),
+        )
+        if any(p.name == port.name for p in ports):
+            raise Invalid(f"port name {port.name!r} is used twice", f"{field}.name")
+        if any((p.port, p.protocol) == (port.port, port.protocol) for p in ports):
+            raise Invalid(f"port {port.port}/{port.protocol.value} is used twice", f"{field}.port")
+        ports.append(port)
+    return tuple(ports)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRequest:
+    """An endpoint as registered: ports holds only the names the user gave."""
+
+    id: str
+    ip: str
+    hostname: str
+    ports: dict[str, int]
+    ready: bool
+    ttl: int
+
+
+def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
+    endpoint_id = label(endpoint_id, "id")
+    data = _object(body, {"id", "ip", "hostname", "ports", "ready", "ttl"}, "endpoint")
+    _matches_path(data, "id", endpoint_id)
+    if "ip" not in data:
+        raise Invalid("ip is required", "ip")
+    ports = data.get("ports", {})
+    if not isinstance(ports, dict):
+        raise Invalid('ports must be an object of port name to number, e.g. {"http": 8080}',
+                      "ports")
+    ready = data.get("ready", True)
+    if not isinstance(ready, bool):
+        raise Invalid("ready must be true or false", "ready")
+    ttl = data.get("ttl", 0)
+    if ttl is None:
+        ttl = 0
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
+        raise Invalid(f"ttl must be a whole number of seconds from 0 to {MAX_TTL}", "ttl")
+    return EndpointRequest(
+        id=endpoint_id,
+        ip=ip_address(data["ip"], "ip"),
+        hostname=label(data.get("hostname") or endpoint_id, "hostname"),
+        ports={
+            label(name, f"ports.{name}", max_length=15): port_number(number, f"ports.{name}")
+            for name, number in ports.items()
+        },
+        ready=ready,
+        ttl=ttl,
+    )

@@ -1,0 +1,223 @@
+"""The watcher: one ordered stream of backend events applied to a local view, then told to
+subscribers (the DNS answer cache, later the balancer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from backends import Backend, Compacted, Snapshot
+from sdns.errors import BackendUnavailable
+from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one event touched: the service and every address it added or removed."""
+
+    revision: int
+    key: ServiceKey
+    ips: frozenset[str]
+
+
+class Subscriber(Protocol):
+    def changed(self, change: Change) -> None: ...
+
+    def reloaded(self) -> None:
+        """The whole view was replaced; forget everything derived from it."""
+        ...
+
+
+class View:
+    """The services and endpoints as last seen from the backend, indexed for lookups."""
+
+    def __init__(self) -> None:
+        self._reset(0)
+
+    def _reset(self, revision: int) -> None:
+        self.revision = revision
+        self._services: dict[ServiceKey, Service] = {}
+        self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
+        self._per_namespace: Counter[str] = Counter()
+        # address → (service, endpoint id or None for the clusterIP) that hold it
+        self._by_ip: dict[str, set[tuple[ServiceKey, str | None]]] = {}
+        self._cluster_ips: set[str] = set()
+
+    def service(self, key: ServiceKey) -> Service | None:
+        return self._services.get(key)
+
+    def services(self) -> Iterable[Service]:
+        return self._services.values()
+
+    def endpoints(self, key: ServiceKey) -> list[Endpoint]:
+        return sorted(self._endpoints.get(key, {}).values(), key=lambda e: e.id)
+
+    def endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
+        return self._endpoints.get(key, {}).get(endpoint_id)
+
+    def ready_endpoints(self, key: ServiceKey) -> list[Endpoint]:
+        return [e for e in self.endpoints(key) if e.ready]
+
+    def has_namespace(self, namespace: str) -> bool:
+        return self._per_namespace[namespace] > 0
+
+    def cluster_ips(self) -> set[str]:
+        return self._cluster_ips
+
+    def holders(self, ip: str) -> set[tuple[ServiceKey, str | None]]:
+        return self._by_ip.get(ip, set())
+
+    def load(self, snapshot: Snapshot) -> None:
+        self._reset(snapshot.revision)
+        for service in snapshot.services:
+            self._put_service(service)
+        for key, endpoints in snapshot.endpoints.items():
+            for endpoint in endpoints:
+                self._put_endpoint(key, endpoint)
+
+    def apply(self, event: Event) -> Change:
+        self.revision = event.revision
+        key = event.key
+        if event.endpoint_id is None:
+            old_service = self._services.get(key)
+            ips = {old_service.cluster_ip} if old_service and old_service.cluster_ip else set()
+            if isinstance(event.value, Service):
+                self._put_service(event.value)
+                ips.add(event.value.cluster_ip or "")
+            else:
+                self._delete_service(key)
+        else:
+            old = self._endpoints.get(key, {}).get(event.endpoint_id)
+            ips = {old.ip} if old else set()
+            if isinstance(event.value, Endpoint):
+                self._put_endpoint(key, event.value)
+                ips.add(event.value.ip)
+            else:
+                self._delete_endpoint(key, event.endpoint_id)
+        ips.discard("")
+        return Change(event.revision, key, frozenset(ips))
+
+    def _put_service(self, service: Service) -> None:
+        key = service.key
+        old = self._services.get(key)
+        if old is None:
+            self._per_namespace[key.namespace] += 1
+        elif old.cluster_ip is not None:
+            self._unindex(old.cluster_ip, key, None)
+            self._cluster_ips.discard(old.cluster_ip)
+        self._services[key] = service
+        if service.type is ServiceType.CLUSTER_IP and service.cluster_ip is not None:
+            self._by_ip.setdefault(service.cluster_ip, set()).add((key, None))
+            self._cluster_ips.add(service.cluster_ip)
+
+    def _delete_service(self, key: ServiceKey) -> None:
+        service = self._services.pop(key, None)
+        if service is None:
+            return
+        self._per_namespace[key.namespace] -= 1
+        if not self._per_namespace[key.namespace]:
+            del self._per_namespace[key.namespace]
+        if service.cluster_ip is not None:
+            self._unindex(service.cluster_ip, key, None)
+            self._cluster_ips.discard(service.cluster_ip)
+        for endpoint_id in list(self._endpoints.get(key, {})):
+            self._delete_endpoint(key, endpoint_id)
+        self._endpoints.pop(key, None)
+
+    def _put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> None:
+        endpoints = self._endpoints.setdefault(key, {})
+        old = endpoints.get(endpoint.id)
+        if old is not None:
+            self._unindex(old.ip, key, old.id)
+        endpoints[endpoint.id] = endpoint
+        self._by_ip.setdefault(endpoint.ip, set()).add((key, endpoint.id))
+
+    def _delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
+        old = self._endpoints.get(key, {}).pop(endpoint_id, None)
+        if old is not None:
+            self._unindex(old.ip, key, endpoint_id)
+
+    def _unindex(self, ip: str, key: ServiceKey, endpoint_id: str | None) -> None:
+        holders = self._by_ip.get(ip)
+        if holders is not None:
+            holders.discard((key, endpoint_id))
+            if not holders:
+                del self._by_ip[ip]
+
+
+class Watcher:
+    """Follows the backend from a snapshot on, keeping ``view`` current."""
+
+    RETRY_SECONDS = 0.5
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.view = View()
+        self._subscribers: list[Subscriber] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    async def start(self) -> None:
+        self._load(await self.backend.snapshot())
+        self._task = asyncio.create_task(self._follow(), name="watcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def caught_up(self, revision: int, timeout: float = 2.0) -> bool:
+        """Wait until the view reflects ``revision``; False when that took too long."""
+        if self.view.revision >= revision:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (revision, next(self._tiebreak), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for event in self.backend.watch(self.view.revision + 1):
+                    self._apply(event)
+            except Compacted:
+                log.warning("watch history was compacted; reloading from the backend")
+                self._load(await self.backend.snapshot())
+            except BackendUnavailable as error:
+                log.warning("watch interrupted: %s; retrying", error.reason)
+                await asyncio.sleep(self.RETRY_SECONDS)
+
+    def _load(self, snapshot: Snapshot) -> None:
+        self.view.load(snapshot)
+        for subscriber in self._subscribers:
+            subscriber.reloaded()
+        self._wake()
+
+    def _apply(self, event: Event) -> None:
+        change = self.view.apply(event)
+        for subscriber in self._subscribers:
+            subscriber.changed(change)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.view.revision:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
