@@ -49,6 +49,10 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ready(self) -> None:
+        """Return when the store answers; ``BackendUnavailable`` when it does not."""
+        ...
+
     async def snapshot(self) -> Snapshot: ...
 
     def watch(self, since: int) -> AsyncIterator[Event]:

@@ -34,6 +34,9 @@ class MemoryBackend:
     async def start(self) -> None:
         pass
 
+    async def ready(self) -> None:
+        pass
+
     async def close(self) -> None:
         for handle in self._expiry.values():
             handle.cancel()

@@ -42,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"range clusterIPs come from (default {defaults.service_cidr})")
     serve_cmd.add_argument("--ttl", metavar="SECONDS",
                            help=f"TTL of DNS records (default {defaults.ttl})")
+    serve_cmd.add_argument("--etcd-endpoints", metavar="HOST:PORT[,...]",
+                           help="etcd members, for --backend etcd "
+                                f"(default {','.join(defaults.etcd_endpoints)})")
+    serve_cmd.add_argument("--zk-hosts", metavar="HOST:PORT[,...]",
+                           help="ZooKeeper servers, for --backend zookeeper "
+                                f"(default {','.join(defaults.zk_hosts)})")
+    serve_cmd.add_argument("--prefix", help="key prefix in etcd or ZooKeeper, so installations "
+                                            f"can share a cluster (default {defaults.prefix})")
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
     return parser
@@ -61,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {name: getattr(args, name) for name in
-             ("backend", "dns_addr", "api_addr", "zone", "service_cidr", "ttl")}
+             ("backend", "dns_addr", "api_addr", "zone", "service_cidr", "ttl",
+              "etcd_endpoints", "zk_hosts", "prefix")}
     try:
         config = configuration.load(args.config, os.environ, flags)
         _run(serve(config))

@@ -56,6 +56,21 @@ def _zone(value: Any) -> str:
         raise ValueError(error.reason) from None
 
 
+def _host_list(value: Any) -> tuple[str, ...]:
+    """``HOST:PORT[,HOST:PORT...]`` or a TOML list of them."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError("needs at least one HOST:PORT")
+    return tuple(str(host_port(item.strip())) for item in items)
+
+
+def _prefix(value: Any) -> str:
+    text = str(value)
+    if not text.startswith("/") or text.endswith("/") or "//" in text:
+        raise ValueError(f"{text!r} is not a key prefix like /sdns")
+    return text
+
+
 def _seconds(value: Any) -> int:
     number = int(value)
     if isinstance(value, bool) or not 0 <= number <= 2**31 - 1:
@@ -71,6 +86,9 @@ class Config:
     zone: str = "cluster.local"
     service_cidr: str = "10.96.0.0/12"
     ttl: int = 5
+    etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    zk_hosts: tuple[str, ...] = ("127.0.0.1:2181",)
+    prefix: str = "/sdns"
 
 
 # How each setting is read from text (environment) or TOML values.
@@ -81,6 +99,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "zone": _zone,
     "service_cidr": _cidr,
     "ttl": _seconds,
+    "etcd_endpoints": _host_list,
+    "zk_hosts": _host_list,
+    "prefix": _prefix,
 }
 
 

@@ -166,6 +166,15 @@ class Event:
             "object": None if self.value is None else self.value.to_json(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Event:
+        value: Service | Endpoint | None = None
+        if data["object"] is not None:
+            kind = Service if data["kind"] == "service" else Endpoint
+            value = kind.from_json(data["object"])
+        return cls(data["revision"], data["action"], ServiceKey(data["namespace"],
+                   data["service"]), data["id"], value)
+
 
 def _timestamp(unix: float | None) -> str | None:
     if unix is None:

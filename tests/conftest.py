@@ -2,24 +2,76 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
+from servers import Etcd, ZooKeeper, missing_etcd, missing_zookeeper
 from support import SdnsProcess
+
+BACKENDS = ["memory", "etcd", "zookeeper"]
 
 
 @pytest.fixture(scope="session")
-def sdns() -> Iterator[SdnsProcess]:
-    """One sdns for the session (memory backend); tests keep apart by namespace."""
-    process = SdnsProcess("--service-cidr", "10.96.0.0/16").start()
+def etcd_server() -> Iterator[Etcd]:
+    reason = missing_etcd()
+    if reason:
+        pytest.skip(reason)
+    server = Etcd().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server() -> Iterator[ZooKeeper]:
+    reason = missing_zookeeper()
+    if reason:
+        pytest.skip(reason)
+    server = ZooKeeper().start()
+    yield server
+    server.remove()
+
+
+def backend_args(request: pytest.FixtureRequest, backend: str) -> list[str]:
+    """Flags that put an sdns on ``backend``, under a prefix of its own."""
+    prefix = ["--prefix", f"/sdns-test-{uuid.uuid4().hex[:8]}"]
+    if backend == "etcd":
+        server = request.getfixturevalue("etcd_server")
+        return ["--backend", "etcd", "--etcd-endpoints", server.endpoint, *prefix]
+    if backend == "zookeeper":
+        server = request.getfixturevalue("zookeeper_server")
+        return ["--backend", "zookeeper", "--zk-hosts", server.endpoint, *prefix]
+    return ["--backend", "memory"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def sdns(request: pytest.FixtureRequest) -> Iterator[SdnsProcess]:
+    """One sdns per backend for the session; tests keep apart by namespace."""
+    process = SdnsProcess("--service-cidr", "10.96.0.0/16",
+                          *backend_args(request, request.param)).start()
     yield process
     process.stop()
 
 
 @pytest.fixture
+def make_sdns(request: pytest.FixtureRequest) -> Iterator[Callable[..., SdnsProcess]]:
+    """Start extra sdns processes for one test; all are stopped at its end."""
+    started: list[SdnsProcess] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> SdnsProcess:
+        process = SdnsProcess(*args, env=env).start()
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def ns(request: pytest.FixtureRequest) -> str:
     """A namespace of this test's own, a DNS label derived from its name."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.lower()).strip("-")
     return name[-63:].strip("-")
 
 

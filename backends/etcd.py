@@ -1,0 +1,261 @@
+"""etcd backend (aetcd). Keys under the prefix (default /sdns):
+
+    <prefix>/services/<namespace>/<name>             service JSON
+    <prefix>/endpoints/<namespace>/<name>/<id>       endpoint JSON, on a lease when it has a ttl
+    <prefix>/clusterips/<ip>                         "<namespace>/<name>" holding the address
+
+Revisions are etcd's; one watch on the prefix follows every change. A TTL is an etcd lease, so
+etcd itself expires an endpoint whatever happens to the replica that registered it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
+
+import aetcd
+import aetcd.exceptions
+from aetcd.utils import prefix_range_end
+
+from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from sdns.config import Config
+from sdns.errors import BackendUnavailable, NotFound
+from sdns.model import Endpoint, Event, Service, ServiceKey
+
+P = ParamSpec("P")
+T = TypeVar("T")
+# Attempts of a write whose compare failed because another writer changed the same keys.
+WRITE_ATTEMPTS = 8
+REQUEST_TIMEOUT = 5
+
+
+def _unavailable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """etcd client failures become ``BackendUnavailable``, which the API answers with 503."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except aetcd.exceptions.RevisionCompactedError as error:
+            raise Compacted(str(error)) from None
+        except (aetcd.exceptions.ClientError, TimeoutError) as error:
+            raise BackendUnavailable(f"etcd: {type(error).__name__} {error}".strip()) from None
+
+    return wrapper
+
+
+def channel_target(endpoints: list[str]) -> tuple[str, int]:
+    """aetcd dials f"{host}:{port}"; split a gRPC ``ipv4:`` list of several members so."""
+    host, _, port = ",".join(endpoints).rpartition(":")
+    scheme = "ipv6:" if endpoints[0].startswith("[") else "ipv4:"
+    return scheme + host, int(port)
+
+
+class EtcdBackend:
+    def __init__(self, endpoints: list[str], prefix: str) -> None:
+        host, port = channel_target(endpoints)
+        self.endpoints = endpoints
+        self.client = aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT)
+        root = prefix.rstrip("/").encode()
+        self._root = root + b"/"
+        self._services = root + b"/services/"
+        self._endpoints = root + b"/endpoints/"
+        self._cluster_ips = root + b"/clusterips/"
+        self._tx = self.client.transactions
+
+    @classmethod
+    def from_config(cls, config: Config) -> EtcdBackend:
+        return cls(list(config.etcd_endpoints), config.prefix)
+
+    @_unavailable
+    async def start(self) -> None:
+        await self.client.connect()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    @_unavailable
+    async def ready(self) -> None:
+        await asyncio.wait_for(self.client.get(self._root + b"ready"), 2)
+
+    # Keys
+
+    def _service_key(self, key: ServiceKey) -> bytes:
+        return self._services + f"{key.namespace}/{key.name}".encode()
+
+    def _endpoints_of(self, key: ServiceKey) -> bytes:
+        return self._endpoints + f"{key.namespace}/{key.name}/".encode()
+
+    def _endpoint_key(self, key: ServiceKey, endpoint_id: str) -> bytes:
+        return self._endpoints_of(key) + endpoint_id.encode()
+
+    def _ip_key(self, ip: str) -> bytes:
+        return self._cluster_ips + ip.encode()
+
+    def _event(self, revision: int, put: bool, path: bytes, value: bytes) -> Event | None:
+        """The sdns event for a change to ``path``, or None for keys of no interest."""
+        if path.startswith(self._services):
+            namespace, name = path[len(self._services):].decode().split("/")
+            service = Service.from_json(json.loads(value)) if put else None
+            return Event(revision, "put" if put else "delete", ServiceKey(namespace, name), None,
+                         service)
+        if path.startswith(self._endpoints):
+            namespace, name, endpoint_id = path[len(self._endpoints):].decode().split("/")
+            endpoint = Endpoint.from_json(json.loads(value)) if put else None
+            return Event(revision, "put" if put else "delete", ServiceKey(namespace, name),
+                         endpoint_id, endpoint)
+        return None
+
+    # Reads
+
+    @_unavailable
+    async def snapshot(self) -> Snapshot:
+        found = await self.client.get_prefix(self._root)
+        snapshot = Snapshot(found.header.revision)
+        for kv in found:
+            event = self._event(0, True, kv.key, kv.value)
+            if event is None:
+                continue
+            if isinstance(event.value, Service):
+                snapshot.services.append(event.value)
+            elif isinstance(event.value, Endpoint):
+                snapshot.endpoints.setdefault(event.key, []).append(event.value)
+        return snapshot
+
+    async def watch(self, since: int) -> AsyncIterator[Event]:
+        watch = await _unavailable(self.client.watch_prefix)(self._root, start_revision=since)
+        try:
+            async for change in _unavailable_iter(watch):
+                event = self._event(change.kv.mod_revision, change.kind == "PUT",
+                                    change.kv.key, change.kv.value)
+                if event is not None:
+                    yield event
+        finally:
+            with contextlib.suppress(aetcd.exceptions.ClientError):  # the stream may be gone
+                await watch.cancel()
+
+    @_unavailable
+    async def get_service(self, key: ServiceKey) -> Service | None:
+        found = await self.client.get(self._service_key(key))
+        return None if found is None else Service.from_json(json.loads(found.value))
+
+    # Writes
+
+    async def _commit(self, compare: list[Any], success: list[Any]) -> int | None:
+        """The revision of the transaction, or None when a compare failed."""
+        succeeded, responses = await self.client.transaction(compare=compare, success=success,
+                                                               failure=[])
+        if not succeeded:
+            return None
+        first = responses[0]
+        return getattr(first, first.WhichOneof("response")).header.revision
+
+    @_unavailable
+    async def put_service(self, service: Service, *, create: bool = False) -> int:
+        key = self._service_key(service.key)
+        owner = str(service.key).encode()
+        body = json.dumps(service.to_json()).encode()
+        for _ in range(WRITE_ATTEMPTS):
+            current = await self.client.get(key)
+            if current is not None and create:
+                raise ServiceExists(service.key)
+            compare = [self._tx.mod(key) == (0 if current is None else current.mod_revision)]
+            success = [self._tx.put(key, body)]
+            ip = service.cluster_ip
+            if ip is not None:
+                claim = await self.client.get(self._ip_key(ip))
+                if claim is None:
+                    compare.append(self._tx.version(self._ip_key(ip)) == 0)
+                    success.append(self._tx.put(self._ip_key(ip), owner))
+                elif claim.value != owner:
+                    raise ClusterIPTaken(ip)
+                else:
+                    compare.append(self._tx.value(self._ip_key(ip)) == owner)
+            old_ip = None if current is None else Service.from_json(
+                json.loads(current.value)).cluster_ip
+            if old_ip is not None and old_ip != ip:
+                success.append(self._tx.delete(self._ip_key(old_ip)))
+            revision = await self._commit(compare, success)
+            if revision is not None:
+                return revision
+        raise BackendUnavailable("etcd: too much contention on " + key.decode())
+
+    @_unavailable
+    async def delete_service(self, key: ServiceKey) -> int:
+        path = self._service_key(key)
+        for _ in range(WRITE_ATTEMPTS):
+            current = await self.client.get(path)
+            if current is None:
+                raise NotFound(f"service {key} not found")
+            endpoints = self._endpoints_of(key)
+            success = [
+                self._tx.delete(endpoints, range_end=prefix_range_end(endpoints)),
+                self._tx.delete(path),
+            ]
+            ip = Service.from_json(json.loads(current.value)).cluster_ip
+            if ip is not None:
+                success.append(self._tx.delete(self._ip_key(ip)))
+            revision = await self._commit([self._tx.mod(path) == current.mod_revision], success)
+            if revision is not None:
+                return revision
+        raise BackendUnavailable("etcd: too much contention on " + path.decode())
+
+    @_unavailable
+    async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
+        lease = await self.client.lease(endpoint.ttl) if endpoint.ttl else None
+        return await self._put_endpoint(key, endpoint, lease)
+
+    async def _put_endpoint(self, key: ServiceKey, endpoint: Endpoint, lease: Any) -> int:
+        body = json.dumps(endpoint.to_json()).encode()
+        revision = await self._commit(
+            [self._tx.version(self._service_key(key)) > 0],
+            [self._tx.put(self._endpoint_key(key, endpoint.id), body, lease=lease)])
+        if revision is None:
+            raise NotFound(f"service {key} not found")
+        return revision
+
+    @_unavailable
+    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
+        found = await self.client.get(self._endpoint_key(key, endpoint_id))
+        if found is None:
+            raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
+        endpoint = Endpoint.from_json(json.loads(found.value))
+        if not endpoint.ttl:
+            return 0, endpoint
+        kept = await self.client.refresh_lease(found.lease)
+        if kept is None or kept.TTL <= 0:
+            raise NotFound(f"endpoint {endpoint_id} of service {key} has expired")
+        renewed = replace(endpoint, expires_at=time.time() + endpoint.ttl)
+        try:
+            return await self._put_endpoint(key, renewed, found.lease), renewed
+        except aetcd.exceptions.ClientError as error:
+            if "lease not found" in str(error):
+                raise NotFound(f"endpoint {endpoint_id} of service {key} has expired") from None
+            raise
+
+    @_unavailable
+    async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
+        deleted = await self.client.delete(self._endpoint_key(key, endpoint_id))
+        if deleted is None:
+            raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
+        return deleted.header.revision
+
+
+async def _unavailable_iter(watch: Any) -> AsyncIterator[Any]:
+    iterator = watch.__aiter__()
+    while True:
+        try:
+            change = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise BackendUnavailable("etcd: the watch stream ended") from None
+        except aetcd.exceptions.RevisionCompactedError as error:
+            raise Compacted(str(error)) from None
+        except aetcd.exceptions.ClientError as error:
+            raise BackendUnavailable(f"etcd: {type(error).__name__} {error}") from None
+        yield change

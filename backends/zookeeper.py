@@ -1,0 +1,443 @@
+"""ZooKeeper backend (kazoo). Znodes under the prefix (default /sdns):
+
+    <prefix>/revision                                 its data version is the current revision
+    <prefix>/log/<revision, 20 digits>                the events of that revision, JSON
+    <prefix>/services/<namespace>/<name>              service JSON
+    <prefix>/endpoints/<namespace>/<name>/<id>        endpoint JSON, with its expiresAt
+    <prefix>/clusterips/<ip>                          "<namespace>/<name>" holding the address
+    <prefix>/reaper                                   election of the replica that expires TTLs
+
+Every write is one ZooKeeper transaction that bumps the revision, changes the data and appends
+the log entry, so followers read one ordered stream with revisions, as from etcd. ZooKeeper has
+no TTL that kazoo can use, so one replica, elected, deletes endpoints past their expiresAt; each
+deletion is checked against the znode version, so a heartbeat that lands first wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KazooState
+
+from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from sdns.config import Config
+from sdns.errors import BackendUnavailable, NotFound, SdnsError
+from sdns.model import Endpoint, Event, Service, ServiceKey
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0
+WRITE_ATTEMPTS = 50
+HISTORY = 10_000  # log entries kept for followers that resume
+REAP_INTERVAL = 0.2
+POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One operation of a write transaction; ``conflict`` is raised when it fails, and None
+    means the data moved under us: read again and retry."""
+
+    method: str
+    args: tuple[Any, ...]
+    conflict: SdnsError | None = None
+
+
+class ZooKeeperBackend:
+    def __init__(self, hosts: list[str], prefix: str) -> None:
+        self.hosts = hosts
+        self.zk = KazooClient(hosts=",".join(hosts), timeout=REQUEST_TIMEOUT)
+        self._root = prefix.rstrip("/")
+        self._revision_path = self._root + "/revision"
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._made: set[str] = set()
+        self._log_written = asyncio.Event()
+        # Deadlines of endpoints with a TTL, as seen by this replica: what the reaper expires.
+        self._deadlines: dict[tuple[ServiceKey, str], float] = {}
+        self._deadline_heap: list[tuple[float, ServiceKey, str]] = []
+        self._leading = threading.Event()
+        self._stopping = threading.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> ZooKeeperBackend:
+        return cls(list(config.zk_hosts), config.prefix)
+
+    # The bridge: kazoo works on its own threads; everything crosses into asyncio here.
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the kazoo ``<method>_async`` call and await its result."""
+        return await self._bridge(lambda: getattr(self.zk, method + "_async")(*args, **kwargs))
+
+    async def _bridge(self, start: Callable[[], Any]) -> Any:
+        """Await the kazoo IAsyncResult that ``start()`` returns; its callback runs on a kazoo
+        thread and hands the outcome to this loop. Connection trouble is BackendUnavailable;
+        ZooKeeper's answers about nodes (NoNode, NodeExists, ...) are raised as they are."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any) -> None:
+            try:
+                value = result.get_nowait()
+            except Exception as error:  # handed to the awaiting coroutine as is
+                loop.call_soon_threadsafe(_set, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_set, future, value, None)
+
+        try:
+            start().rawlink(settle)
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError):
+            raise
+        except (KazooException, KazooTimeoutError, TimeoutError) as error:
+            raise BackendUnavailable(f"zookeeper: {type(error).__name__} {error}") from None
+
+    def _notify(self, *_: Any) -> None:
+        """A watch fired or the connection changed (on a kazoo thread): wake the followers."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._log_written.set)
+
+    # Life cycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.zk.start, REQUEST_TIMEOUT)
+        except KazooTimeoutError:
+            raise BackendUnavailable(f"zookeeper: cannot connect to {','.join(self.hosts)}"
+                                     ) from None
+        self.zk.add_listener(self._notify)
+        for path in ("revision", "log", "services", "endpoints", "clusterips", "reaper"):
+            await asyncio.to_thread(self.zk.ensure_path, f"{self._root}/{path}")
+        threading.Thread(target=self._elect, name="sdns-reaper-election", daemon=True).start()
+        self._tasks.append(asyncio.create_task(self._reap(), name="zookeeper-reaper"))
+
+    async def close(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.zk.stop)
+        self.zk.close()
+
+    async def ready(self) -> None:
+        await self._call("exists", self._revision_path)
+
+    # Paths
+
+    def _service_path(self, key: ServiceKey) -> str:
+        return f"{self._root}/services/{key.namespace}/{key.name}"
+
+    def _endpoints_path(self, key: ServiceKey) -> str:
+        return f"{self._root}/endpoints/{key.namespace}/{key.name}"
+
+    def _log_path(self, revision: int) -> str:
+        return f"{self._root}/log/{revision:020d}"
+
+    def _ip_path(self, ip: str) -> str:
+        return f"{self._root}/clusterips/{ip}"
+
+    async def _get(self, path: str) -> tuple[bytes, Any] | None:
+        try:
+            return await self._call("get", path)
+        except NoNodeError:
+            return None
+
+    async def _children(self, path: str) -> list[str]:
+        try:
+            return await self._call("get_children", path)
+        except NoNodeError:
+            return []
+
+    async def _ensure(self, path: str) -> None:
+        if path not in self._made:
+            await asyncio.to_thread(self.zk.ensure_path, path)
+            self._made.add(path)
+
+    # Reads
+
+    async def _revision(self) -> int:
+        _, stat = await self._call("get", self._revision_path)
+        return stat.version
+
+    async def snapshot(self) -> Snapshot:
+        # Events after the revision read first are replayed by the watch; they carry whole
+        # values, so replaying one the snapshot already reflects converges to the same state.
+        snapshot = Snapshot(await self._revision())
+        services = await self._read_tree(f"{self._root}/services", 2)
+        endpoints = await self._read_tree(f"{self._root}/endpoints", 3)
+        snapshot.services.extend(Service.from_json(json.loads(data)) for _, data in services)
+        self._deadlines.clear()
+        self._deadline_heap.clear()
+        for (namespace, name, _), data in endpoints:
+            endpoint = Endpoint.from_json(json.loads(data))
+            key = ServiceKey(namespace, name)
+            snapshot.endpoints.setdefault(key, []).append(endpoint)
+            self._track(key, endpoint.id, endpoint)
+        return snapshot
+
+    async def _read_tree(self, root: str, depth: int) -> list[tuple[tuple[str, ...], bytes]]:
+        """(path parts, data) of every znode ``depth`` levels below ``root``."""
+        level: list[tuple[str, ...]] = [()]
+        for _ in range(depth):
+            lists = await asyncio.gather(*(self._children("/".join((root, *p))) for p in level))
+            level = [(*p, child) for p, children in zip(level, lists, strict=True)
+                     for child in children]
+        found = await asyncio.gather(*(self._get("/".join((root, *p))) for p in level))
+        return [(p, got[0]) for p, got in zip(level, found, strict=True) if got is not None]
+
+    async def watch(self, since: int) -> AsyncIterator[Event]:
+        following = since
+        while True:
+            self._log_written.clear()
+            entry = await self._get(self._log_path(following))
+            if entry is None:
+                if await self._call("exists", self._log_path(following), watch=self._notify):
+                    continue
+                if await self._revision() >= following:
+                    raise Compacted(f"revision {following} is no longer in the log")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
+                continue
+            for item in json.loads(entry[0]):
+                event = Event.from_json(item)
+                if event.endpoint_id is not None:
+                    self._track(event.key, event.endpoint_id, event.value)
+                yield event
+            following += 1
+
+    async def get_service(self, key: ServiceKey) -> Service | None:
+        found = await self._get(self._service_path(key))
+        return None if found is None else Service.from_json(json.loads(found[0]))
+
+    # Writes
+
+    async def _write(self, plan: Callable[[int], Awaitable[tuple[list[_Op], list[Event]]]]
+                     ) -> int:
+        """Run ``plan`` (reads, then the operations and events of revision N) as one
+        transaction with the revision bump and the log entry; retry when the data moved."""
+        async with self._lock:
+            for _ in range(WRITE_ATTEMPTS):
+                _, stat = await self._call("get", self._revision_path)
+                revision = stat.version + 1
+                ops, events = await plan(revision)
+                transaction = self.zk.transaction()
+                transaction.check(self._revision_path, stat.version)
+                transaction.set_data(self._revision_path, b"", stat.version)
+                for op in ops:
+                    getattr(transaction, op.method)(*op.args)
+                entry = json.dumps([e.to_json() for e in events]).encode()
+                transaction.create(self._log_path(revision), entry)
+                results = await self._bridge(transaction.commit_async)
+                failed = next((i for i, r in enumerate(results) if _failure(r)), None)
+                if failed is None:
+                    return revision
+                if 2 <= failed < 2 + len(ops) and ops[failed - 2].conflict is not None:
+                    raise ops[failed - 2].conflict
+            raise BackendUnavailable("zookeeper: too much contention; try again")
+
+    async def put_service(self, service: Service, *, create: bool = False) -> int:
+        key = service.key
+        path = self._service_path(key)
+        await self._ensure(path.rpartition("/")[0])
+        await self._ensure(self._endpoints_path(key))
+        owner = str(key).encode()
+        body = json.dumps(service.to_json()).encode()
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            current = await self._get(path)
+            if current is not None and create:
+                raise ServiceExists(key)
+            ops = [_Op("create", (path, body), ServiceExists(key) if create else None)
+                   if current is None else _Op("set_data", (path, body, current[1].version))]
+            ip = service.cluster_ip
+            if ip is not None:
+                claim = await self._get(self._ip_path(ip))
+                if claim is None:
+                    ops.append(_Op("create", (self._ip_path(ip), owner), ClusterIPTaken(ip)))
+                elif claim[0] != owner:
+                    raise ClusterIPTaken(ip)
+            old_ip = None if current is None else Service.from_json(
+                json.loads(current[0])).cluster_ip
+            if old_ip is not None and old_ip != ip:
+                ops.append(_Op("delete", (self._ip_path(old_ip),)))
+            return ops, [Event(revision, "put", key, None, service)]
+
+        return await self._write(plan)
+
+    async def delete_service(self, key: ServiceKey) -> int:
+        path = self._service_path(key)
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            current = await self._get(path)
+            if current is None:
+                raise NotFound(f"service {key} not found")
+            endpoint_ids = await self._children(self._endpoints_path(key))
+            ops = [_Op("delete", (f"{self._endpoints_path(key)}/{i}",)) for i in endpoint_ids]
+            ops.append(_Op("delete", (path, current[1].version)))
+            events = [Event(revision, "delete", key, i) for i in endpoint_ids]
+            events.append(Event(revision, "delete", key))
+            ip = Service.from_json(json.loads(current[0])).cluster_ip
+            if ip is not None:
+                ops.append(_Op("delete", (self._ip_path(ip),)))
+            return ops, events
+
+        return await self._write(plan)
+
+    async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
+        path = f"{self._endpoints_path(key)}/{endpoint.id}"
+        body = json.dumps(endpoint.to_json()).encode()
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            exists = await self._call("exists", path)
+            ops = [_Op("check", (self._service_path(key), -1),
+                       NotFound(f"service {key} not found"))]
+            ops.append(_Op("create", (path, body)) if exists is None
+                       else _Op("set_data", (path, body, exists.version)))
+            return ops, [Event(revision, "put", key, endpoint.id, endpoint)]
+
+        return await self._write(plan)
+
+    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
+        path = f"{self._endpoints_path(key)}/{endpoint_id}"
+        gone = NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
+        renewed: list[Endpoint] = []
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            current = await self._get(path)
+            if current is None:
+                raise gone
+            endpoint = Endpoint.from_json(json.loads(current[0]))
+            if endpoint.expires_at is not None and endpoint.expires_at <= time.time():
+                raise gone  # past its deadline: the reaper is about to remove it
+            endpoint = replace(endpoint, expires_at=time.time() + endpoint.ttl)
+            renewed[:] = [endpoint]
+            body = json.dumps(endpoint.to_json()).encode()
+            return ([_Op("set_data", (path, body, current[1].version))],
+                    [Event(revision, "put", key, endpoint_id, endpoint)])
+
+        current = await self._get(path)
+        if current is None:
+            raise gone
+        if not Endpoint.from_json(json.loads(current[0])).ttl:
+            return 0, Endpoint.from_json(json.loads(current[0]))
+        revision = await self._write(plan)
+        return revision, renewed[0]
+
+    async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
+        path = f"{self._endpoints_path(key)}/{endpoint_id}"
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            if await self._call("exists", path) is None:
+                raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
+            return [_Op("delete", (path,))], [Event(revision, "delete", key, endpoint_id)]
+
+        return await self._write(plan)
+
+    # Expiry
+
+    def _track(self, key: ServiceKey, endpoint_id: str, endpoint: Any) -> None:
+        if isinstance(endpoint, Endpoint) and endpoint.expires_at is not None:
+            self._deadlines[key, endpoint_id] = endpoint.expires_at
+            heapq.heappush(self._deadline_heap, (endpoint.expires_at, key, endpoint_id))
+        else:
+            self._deadlines.pop((key, endpoint_id), None)
+
+    def _elect(self) -> None:
+        """On its own thread: stand in the election until this process stops."""
+        while not self._stopping.is_set():
+            try:
+                self.zk.Election(f"{self._root}/reaper", uuid.uuid4().hex).run(self._lead)
+            except KazooException as error:
+                log.info("reaper election interrupted: %s", error)
+                self._stopping.wait(1.0)
+
+    def _lead(self) -> None:
+        self._leading.set()
+        log.info("this replica now expires endpoint TTLs")
+        try:
+            while not self._stopping.is_set() and self.zk.state == KazooState.CONNECTED:
+                self._stopping.wait(0.5)
+        finally:
+            self._leading.clear()
+
+    async def _reap(self) -> None:
+        trimmed = 0
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            if not self._leading.is_set():
+                continue
+            try:
+                await self._expire_due()
+                trimmed = await self._trim_log(trimmed)
+            except (BackendUnavailable, NoNodeError) as error:
+                log.debug("reaper: %s", error)
+
+    async def _expire_due(self) -> None:
+        now = time.time()
+        heap = self._deadline_heap
+        while heap and heap[0][0] <= now:
+            deadline, key, endpoint_id = heapq.heappop(heap)
+            if self._deadlines.get((key, endpoint_id)) != deadline:
+                continue  # renewed or deleted since
+            path = f"{self._endpoints_path(key)}/{endpoint_id}"
+
+            async def plan(revision: int, path: str = path, key: ServiceKey = key,
+                           endpoint_id: str = endpoint_id) -> tuple[list[_Op], list[Event]]:
+                current = await self._get(path)
+                if current is None:
+                    raise NotFound("deleted already")
+                endpoint = Endpoint.from_json(json.loads(current[0]))
+                if endpoint.expires_at is None or endpoint.expires_at > time.time():
+                    raise NotFound("renewed")
+                return ([_Op("delete", (path, current[1].version), NotFound("renewed"))],
+                        [Event(revision, "delete", key, endpoint_id)])
+
+            with contextlib.suppress(NotFound):
+                await self._write(plan)
+
+    async def _trim_log(self, trimmed: int) -> int:
+        """Delete log entries older than the last ``HISTORY``; returns the new low mark."""
+        keep_from = await self._revision() - HISTORY
+        if trimmed == 0 and keep_from > 0:
+            names = await self._children(f"{self._root}/log")
+            trimmed = min((int(n) for n in names), default=keep_from)
+        while trimmed < keep_from:
+            with contextlib.suppress(NoNodeError):
+                await self._call("delete", self._log_path(trimmed))
+            trimmed += 1
+        return trimmed
+
+
+def _failure(result: Any) -> bool:
+    return isinstance(result, Exception)
+
+
+def _set(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
