@@ -65,7 +65,10 @@ class _Op:
 class ZooKeeperBackend:
     def __init__(self, hosts: list[str], prefix: str) -> None:
         self.hosts = hosts
-        self.zk = KazooClient(hosts=",".join(hosts), timeout=REQUEST_TIMEOUT)
+        # Reconnect at least every second, so a ZooKeeper that comes back is used at once.
+        retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0}
+        self.zk = KazooClient(hosts=",".join(hosts), timeout=REQUEST_TIMEOUT,
+                              connection_retry=retry)
         self._root = prefix.rstrip("/")
         self._revision_path = self._root + "/revision"
         self._lock = asyncio.Lock()
@@ -93,6 +96,8 @@ class ZooKeeperBackend:
         """Await the kazoo IAsyncResult that ``start()`` returns; its callback runs on a kazoo
         thread and hands the outcome to this loop. Connection trouble is BackendUnavailable;
         ZooKeeper's answers about nodes (NoNode, NodeExists, ...) are raised as they are."""
+        if not self.zk.connected:  # kazoo would queue the request until the timeout
+            raise BackendUnavailable(f"zookeeper: not connected ({self.zk.state})")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 
@@ -260,8 +265,9 @@ class ZooKeeperBackend:
     async def put_service(self, service: Service, *, create: bool = False) -> int:
         key = service.key
         path = self._service_path(key)
+        endpoints = self._endpoints_path(key)
         await self._ensure(path.rpartition("/")[0])
-        await self._ensure(self._endpoints_path(key))
+        await self._ensure(endpoints.rpartition("/")[0])
         owner = str(key).encode()
         body = json.dumps(service.to_json()).encode()
 
@@ -271,6 +277,8 @@ class ZooKeeperBackend:
                 raise ServiceExists(key)
             ops = [_Op("create", (path, body), ServiceExists(key) if create else None)
                    if current is None else _Op("set_data", (path, body, current[1].version))]
+            if current is None and await self._call("exists", endpoints) is None:
+                ops.append(_Op("create", (endpoints, b"")))  # where its endpoints will go
             ip = service.cluster_ip
             if ip is not None:
                 claim = await self._get(self._ip_path(ip))

@@ -34,6 +34,12 @@ class Conflict(SdnsError):
     status = 409
 
 
+class Gone(SdnsError):
+    """A watch asked for history that is no longer kept: list again, then watch from there."""
+
+    status = 410
+
+
 class BackendUnavailable(SdnsError):
     status = 503
 

@@ -5,6 +5,7 @@ client sees its own write in the API and in DNS as soon as the write returns."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,7 @@ from backends import Backend, ClusterIPTaken, ServiceExists
 from sdns import validation
 from sdns.cluster_ip import ClusterIPRange
 from sdns.errors import Conflict, Invalid, NotFound
-from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.model import Endpoint, Event, Protocol, Service, ServiceKey, ServicePort, ServiceType
 from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
@@ -41,6 +42,18 @@ class Registry:
     def endpoints(self, key: ServiceKey) -> list[Endpoint]:
         self.service(key)
         return self.watcher.view.endpoints(key)
+
+    @property
+    def revision(self) -> int:
+        """The backend revision the reads reflect."""
+        return self.watcher.view.revision
+
+    def changes(self, since: int | None) -> AsyncIterator[Event]:
+        return self.watcher.stream(since)
+
+    async def ready(self) -> None:
+        """Return when the backend answers; ``BackendUnavailable`` when it does not."""
+        await self.backend.ready()
 
     # Writes
 

@@ -74,6 +74,7 @@ async def running(config: Config) -> AsyncIterator[Registry]:
         runner = web.AppRunner(make_app(registry), access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        stack.callback(watcher.end_streams)  # open watch requests would hold up the cleanup
         try:
             await web.TCPSite(runner, config.api_addr.host, config.api_addr.port).start()
         except OSError as error:

@@ -8,13 +8,13 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from backends import Backend, Compacted, Snapshot
-from sdns.errors import BackendUnavailable
+from sdns.errors import BackendUnavailable, Gone
 from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,25 @@ class View:
                 del self._by_ip[ip]
 
 
+# Events kept for watch streams that resume, and how far one stream may fall behind.
+HISTORY = 10_000
+STREAM_BACKLOG = 10_000
+
+
 class Watcher:
-    """Follows the backend from a snapshot on, keeping ``view`` current."""
+    """Follows the backend from a snapshot on, keeping ``view`` current, and hands the same
+    events to watch streams (``stream``)."""
 
     RETRY_SECONDS = 0.5
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.view = View()
+        self.healthy = False
         self._subscribers: list[Subscriber] = []
+        self._history: deque[Event] = deque(maxlen=HISTORY)
+        self._history_floor = 0  # every event after this revision is in _history
+        self._streams: set[asyncio.Queue[Event | None]] = set()
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._task: asyncio.Task[None] | None = None
@@ -173,6 +183,11 @@ class Watcher:
     async def start(self) -> None:
         self._load(await self.backend.snapshot())
         self._task = asyncio.create_task(self._follow(), name="watcher")
+
+    def end_streams(self) -> None:
+        """End every watch stream, so that readers go (at shutdown)."""
+        for queue in self._streams:
+            _end(queue)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -192,20 +207,67 @@ class Watcher:
             return False
         return True
 
+    def stream(self, since: int | None = None) -> AsyncIterator[Event]:
+        """Every event after ``since - 1`` (from now on when None), in order. Raises ``Gone``
+        at once when that history is no longer kept; the stream ends when this watcher had to
+        reload or the reader fell too far behind, and the reader resumes from its last
+        revision."""
+        if since is None:
+            since = self.view.revision + 1
+        if self._history_floor > 0 and since <= self._history_floor:
+            raise Gone(f"events before revision {self._history_floor + 1} are no longer kept; "
+                       "list the services again and watch from their revision", "since")
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(STREAM_BACKLOG)
+        for event in self._history:
+            if event.revision >= since:
+                queue.put_nowait(event)
+        self._streams.add(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._streams.discard(queue)
+
     async def _follow(self) -> None:
         while True:
             try:
-                async for event in self.backend.watch(self.view.revision + 1):
-                    self._apply(event)
+                await self._follow_once()
             except Compacted:
                 log.warning("watch history was compacted; reloading from the backend")
-                self._load(await self.backend.snapshot())
+                await self._reload()
             except BackendUnavailable as error:
-                log.warning("watch interrupted: %s; retrying", error.reason)
+                if self.healthy:
+                    log.warning("lost the backend (%s); serving the last known data and "
+                                "retrying", error.reason)
+                self.healthy = False
                 await asyncio.sleep(self.RETRY_SECONDS)
+
+    async def _follow_once(self) -> None:
+        events = self.backend.watch(self.view.revision + 1)
+        if not self.healthy:
+            await self.backend.ready()
+            log.info("following the backend from revision %d", self.view.revision + 1)
+            self.healthy = True
+        async for event in events:
+            self._apply(event)
+
+    async def _reload(self) -> None:
+        try:
+            self._load(await self.backend.snapshot())
+        except BackendUnavailable as error:
+            log.warning("reload failed (%s); retrying", error.reason)
+            await asyncio.sleep(self.RETRY_SECONDS)
 
     def _load(self, snapshot: Snapshot) -> None:
         self.view.load(snapshot)
+        self.healthy = True
+        self._history.clear()
+        self._history_floor = snapshot.revision
+        for queue in self._streams:
+            _end(queue)
         for subscriber in self._subscribers:
             subscriber.reloaded()
         self._wake()
@@ -214,6 +276,14 @@ class Watcher:
         change = self.view.apply(event)
         for subscriber in self._subscribers:
             subscriber.changed(change)
+        if len(self._history) == self._history.maxlen:
+            self._history_floor = self._history[0].revision
+        self._history.append(event)
+        for queue in list(self._streams):
+            if queue.full():
+                _end(queue)
+            else:
+                queue.put_nowait(event)
         self._wake()
 
     def _wake(self) -> None:
@@ -221,3 +291,11 @@ class Watcher:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
                 future.set_result(None)
+
+
+def _end(queue: asyncio.Queue[Event | None]) -> None:
+    """End the stream reading ``queue`` now. What it had not delivered is dropped: the reader
+    resumes from the last revision it saw."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)

@@ -152,3 +152,28 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> float:
         if time.monotonic() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+class Watch:
+    """Reads ``GET /v1/watch`` as a client follows it: one JSON event a line."""
+
+    def __init__(self, api: Api, since: int | None = None, timeout: float = 10) -> None:
+        query = "" if since is None else f"?since={since}"
+        self.response = urllib.request.urlopen(api.base + "/v1/watch" + query, timeout=timeout)
+
+    def next(self) -> dict[str, Any]:
+        line = self.response.readline()
+        assert line, "the watch stream ended"
+        return json.loads(line)
+
+    def take(self, count: int, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The next ``count`` events (of ``namespace`` only, when given)."""
+        events: list[dict[str, Any]] = []
+        while len(events) < count:
+            event = self.next()
+            if namespace is None or event["namespace"] == namespace:
+                events.append(event)
+        return events
+
+    def close(self) -> None:
+        self.response.close()

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from sdns.errors import Invalid, SdnsError
+from sdns.errors import BackendUnavailable, Invalid, SdnsError
 from sdns.model import ServiceKey
 from sdns.registry import Registry
 from sdns.validation import label, service_key
 
 MAX_BODY = 64 * 1024
+READY_TIMEOUT = 2.0
 REGISTRY = web.AppKey("registry", Registry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,12 +63,40 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while the backend answers; DNS keeps serving the last known data either way."""
+    registry = _registry(request)
+    try:
+        await asyncio.wait_for(registry.ready(), READY_TIMEOUT)
+    except TimeoutError:
+        raise BackendUnavailable(f"no answer within {READY_TIMEOUT:g} s") from None
+    return web.json_response({"status": "ready", "revision": registry.revision})
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    """Changes as newline-delimited JSON events, from revision ``since`` on."""
+    since_text = request.query.get("since")
+    since = None
+    if since_text is not None:
+        if not since_text.isdigit():
+            raise Invalid("since must be a revision number (0 or more)", "since")
+        since = int(since_text)
+    changes = _registry(request).changes(since)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    async for event in changes:
+        await response.write(json.dumps(event.to_json()).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
 async def list_services(request: web.Request) -> web.Response:
     namespace = request.query.get("namespace")
     if namespace is not None:
         label(namespace, "namespace")
-    services = _registry(request).services(namespace)
-    return web.json_response({"services": [s.to_json() for s in services]})
+    registry = _registry(request)
+    return web.json_response({"revision": registry.revision,
+                              "services": [s.to_json() for s in registry.services(namespace)]})
 
 
 async def get_service(request: web.Request) -> web.Response:
@@ -115,6 +145,8 @@ def make_app(registry: Registry) -> web.Application:
     app[REGISTRY] = registry
     app.add_routes([
         web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/v1/watch", watch),
         web.get("/v1/services", list_services),
         web.get(SERVICE, get_service),
         web.put(SERVICE, put_service),

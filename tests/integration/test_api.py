@@ -174,12 +174,12 @@ def test_delete_endpoint(sdns: SdnsProcess, ns: str) -> None:
 ])
 def test_invalid_input_is_a_400_and_stores_nothing(sdns: SdnsProcess, ns: str, path: str,
                                                    body: object, field: str) -> None:
-    before = sdns.api.get("/v1/services").body
+    before = sdns.api.get("/v1/services").body["services"]
     reply = sdns.api.put(path.format(ns=ns), body)
     assert reply.status == 400, reply.body
     assert reply.body["field"] == field
     assert reply.body["error"]
-    assert sdns.api.get("/v1/services").body == before
+    assert sdns.api.get("/v1/services").body["services"] == before
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
