@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages the tests and benchmarks drive: real etcd, ZooKeeper, dig, dnsperf, dnsmasq, nft, ip.
-DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2
+# Debian packages the tests and benchmarks drive: real etcd, ZooKeeper, dig, dnsperf, dnsmasq, nft,
+# ip, wrk.
+DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2 wrk
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sdns needs Python >= 3.11")'
@@ -33,6 +34,10 @@ lint: $(BIN)/.installed
 
 test: $(BIN)/.installed system-deps lint
 	$(BIN)/pytest
+
+# Benchmarks are not tests: they measure, and write their figures to docs/PERFORMANCE.md.
+bench: $(BIN)/.installed system-deps
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -218,10 +218,13 @@ class ZooKeeperBackend:
             self._log_written.clear()
             entry = await self._get(self._log_path(following))
             if entry is None:
+                if await self._revision() >= following:
+                    # The entry is written with the revision bump, so it exists unless trimmed.
+                    if await self._call("exists", self._log_path(following)) is None:
+                        raise Compacted(f"revision {following} is no longer in the log")
+                    continue
                 if await self._call("exists", self._log_path(following), watch=self._notify):
                     continue
-                if await self._revision() >= following:
-                    raise Compacted(f"revision {following} is no longer in the log")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
                 continue

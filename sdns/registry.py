@@ -70,7 +70,9 @@ class Registry:
                            body: Any) -> tuple[Endpoint, bool]:
         """Register or replace an endpoint, creating its service when there is none."""
         request = validation.endpoint(endpoint_id, body)
-        service = await self.backend.get_service(key)
+        # The local view spares a round trip; the backend still refuses the write atomically
+        # when the service is gone.
+        service = self.watcher.view.service(key) or await self.backend.get_service(key)
         if service is None:
             service = await self._create_for_endpoint(key, request.ports)
         if service.type is ServiceType.EXTERNAL_NAME:
