@@ -17,4 +17,6 @@ RUN pip install --no-cache-dir . \
 USER sdns
 EXPOSE 53/udp 53/tcp 8053
 HEALTHCHECK --interval=10s --timeout=3s CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8053/healthz', timeout=2)"
-ENTRYPOINT ["sdns", "serve", "--config", "conf/sdns.toml", "--dns-addr", "0.0.0.0:53", "--api-addr", "0.0.0.0:8053"]
+# DNS and the API for the host's containers. No VIP balancer: inside its own network namespace a
+# userspace proxy would serve this container only.
+ENTRYPOINT ["sdns", "serve", "--config", "conf/sdns.toml", "--dns-addr", "0.0.0.0:53", "--api-addr", "0.0.0.0:8053", "--balancer", "off"]

@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks drive: real etcd, ZooKeeper, dig, dnsperf, dnsmasq, nft,
-# ip, wrk.
-DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2 wrk
+# ip, wrk, curl.
+DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2 wrk curl
 
 .PHONY: run test lint system-deps bench clean
 
@@ -37,6 +37,7 @@ test: $(BIN)/.installed system-deps lint
 
 # Benchmarks are not tests: they measure, and write their figures to docs/PERFORMANCE.md.
 bench: $(BIN)/.installed system-deps
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH)
 
 clean:

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import grpc
 from aetcd.utils import prefix_range_end
 
 from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
@@ -33,6 +34,10 @@ T = TypeVar("T")
 # Attempts of a write whose compare failed because another writer changed the same keys.
 WRITE_ATTEMPTS = 8
 REQUEST_TIMEOUT = 5
+# A snapshot reads the prefix in pages, each at most MAX_MESSAGE: etcd counts the rest of the
+# range for every limited request, so small pages make a large snapshot quadratic.
+SNAPSHOT_PAGE = 100_000
+MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def _unavailable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -61,7 +66,8 @@ class EtcdBackend:
     def __init__(self, endpoints: list[str], prefix: str) -> None:
         host, port = channel_target(endpoints)
         self.endpoints = endpoints
-        self.client = aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT)
+        self.client = aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT,
+                                   options={"grpc.max_receive_message_length": MAX_MESSAGE})
         root = prefix.rstrip("/").encode()
         self._root = root + b"/"
         self._services = root + b"/services/"
@@ -116,17 +122,32 @@ class EtcdBackend:
 
     @_unavailable
     async def snapshot(self) -> Snapshot:
-        found = await self.client.get_prefix(self._root)
-        snapshot = Snapshot(found.header.revision)
-        for kv in found:
-            event = self._event(0, True, kv.key, kv.value)
-            if event is None:
-                continue
-            if isinstance(event.value, Service):
-                snapshot.services.append(event.value)
-            elif isinstance(event.value, Endpoint):
-                snapshot.endpoints.setdefault(event.key, []).append(event.value)
-        return snapshot
+        """Every key under the prefix, read in pages at one revision (100,000 services with
+        their endpoints are some 90 MB)."""
+        start, end = self._root, prefix_range_end(self._root)
+        snapshot: Snapshot | None = None
+        while True:
+            request = aetcd.rpc.RangeRequest(key=start, range_end=end, limit=SNAPSHOT_PAGE,
+                                             revision=snapshot.revision if snapshot else 0)
+            try:
+                page = await self.client.kvstub.Range(request, timeout=REQUEST_TIMEOUT,
+                                                      metadata=self.client.metadata)
+            except grpc.aio.AioRpcError as error:
+                raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}"
+                                         ) from None
+            if snapshot is None:
+                snapshot = Snapshot(page.header.revision)
+            for kv in page.kvs:
+                event = self._event(0, True, kv.key, kv.value)
+                if event is None:
+                    continue
+                if isinstance(event.value, Service):
+                    snapshot.services.append(event.value)
+                elif isinstance(event.value, Endpoint):
+                    snapshot.endpoints.setdefault(event.key, []).append(event.value)
+            if not page.more or not page.kvs:
+                return snapshot
+            start = page.kvs[-1].key + b"\0"
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
         watch = await _unavailable(self.client.watch_prefix)(self._root, start_revision=since)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from sdns import config as configuration
+from sdns.errors import Invalid, SdnsError
 from sdns.server import StartupError, serve
 
 DESCRIPTION = """\
@@ -50,9 +52,56 @@ def _parser() -> argparse.ArgumentParser:
                                 f"(default {','.join(defaults.zk_hosts)})")
     serve_cmd.add_argument("--prefix", help="key prefix in etcd or ZooKeeper, so installations "
                                             f"can share a cluster (default {defaults.prefix})")
+    serve_cmd.add_argument("--forward", metavar="IP[:PORT][,...]|off",
+                           help="upstream servers for names outside the zone (default: the "
+                                "nameservers of /etc/resolv.conf other than sdns itself)")
+    serve_cmd.add_argument("--forward-allow", metavar="CIDR[,...]",
+                           help="clients that may use forwarding (default: loopback and "
+                                "private ranges); others get REFUSED")
+    serve_cmd.add_argument("--serve-stale", metavar="SECONDS",
+                           help="how long past its TTL a forwarded answer may be served while "
+                                "every upstream fails (default 3600)")
+    serve_cmd.add_argument("--balancer", choices=["off", "userspace", "nftables"],
+                           help="what turns connections to clusterIP:port into connections to "
+                                "endpoints (default userspace)")
+    serve_cmd.add_argument("--workers", metavar="N",
+                           help="DNS processes sharing the DNS port (SO_REUSEPORT), each with "
+                                "its own cache; needs etcd or zookeeper (default 1)")
+    serve_cmd.add_argument("--dns-only", action="store_true", help=argparse.SUPPRESS)
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
+    resolv = commands.add_parser(
+        "resolv-conf", help="print the resolv.conf of a container in a namespace",
+        description="Print the resolv.conf that makes a container in NAMESPACE use sdns: "
+                    "short names (web, web.other) resolve through the search path, as in "
+                    "Kubernetes.")
+    resolv.add_argument("--namespace", required=True, help="the container's namespace")
+    resolv.add_argument("--nameserver", metavar="IP",
+                        help="sdns's address as containers reach it (default: the host of "
+                             "dns-addr)")
+    resolv.add_argument("--config", metavar="FILE", help="TOML file, for zone and dns-addr")
+    resolv.add_argument("--zone", help=f"cluster domain (default {defaults.zone})")
     return parser
+
+
+def resolv_conf(namespace: str, zone: str, nameserver: str) -> str:
+    search = f"{namespace}.svc.{zone} svc.{zone} {zone}"
+    return f"nameserver {nameserver}\nsearch {search}\noptions ndots:5\n"
+
+
+def _print_resolv_conf(args: argparse.Namespace) -> int:
+    from sdns.validation import label
+
+    config = configuration.load(args.config, os.environ, {"zone": args.zone})
+    label(args.namespace, "namespace")
+    nameserver = args.nameserver or config.dns_addr.host
+    if ipaddress.ip_address(nameserver).is_unspecified:
+        raise ValueError(f"dns-addr listens on {nameserver}: say --nameserver")
+    if config.dns_addr.port != 53:
+        print(f"sdns: note: resolvers ask port 53, and dns-addr is {config.dns_addr}",
+              file=sys.stderr)
+    sys.stdout.write(resolv_conf(args.namespace, config.zone, nameserver))
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -64,20 +113,35 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+def _worker_argv(argv: Sequence[str] | None) -> list[str]:
+    """The command line of a DNS worker: this one, serving DNS only."""
+    return [sys.executable, "-m", "sdns", *(sys.argv[1:] if argv is None else argv), "--dns-only"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "resolv-conf":
+        try:
+            return _print_resolv_conf(args)
+        except (configuration.ConfigError, ValueError, Invalid) as error:
+            print(f"sdns: {getattr(error, 'reason', error)}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {name: getattr(args, name) for name in
              ("backend", "dns_addr", "api_addr", "zone", "service_cidr", "ttl",
-              "etcd_endpoints", "zk_hosts", "prefix")}
+              "etcd_endpoints", "zk_hosts", "prefix", "workers", "forward", "forward_allow",
+              "serve_stale", "balancer")}
     try:
         config = configuration.load(args.config, os.environ, flags)
-        _run(serve(config))
+        _run(serve(config, worker_argv=None if args.dns_only else _worker_argv(argv)))
     except (configuration.ConfigError, ValueError) as error:
         print(f"sdns: invalid configuration: {error}", file=sys.stderr)
         return 2
     except StartupError as error:
         print(f"sdns: {error}", file=sys.stderr)
+        return 1
+    except SdnsError as error:  # the backend did not answer at start
+        print(f"sdns: {error.reason}", file=sys.stderr)
         return 1
     return 0

@@ -71,6 +71,42 @@ def _prefix(value: Any) -> str:
     return text
 
 
+def _upstreams(value: Any) -> tuple[str, ...]:
+    """``IP[:PORT]`` items (port 53 by default), or ``off``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(item).strip() for item in items if str(item).strip()]
+    if items == ["off"]:
+        return ("off",)
+    upstreams = []
+    for item in items:
+        try:
+            ipaddress.ip_address(item.strip("[]"))
+            upstreams.append(str(HostPort(item.strip("[]"), 53)))
+        except ValueError:
+            address = host_port(item)
+            ipaddress.ip_address(address.host)
+            upstreams.append(str(address))
+    return tuple(upstreams)
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(ipaddress.ip_network(str(item).strip())) for item in items)
+
+
+def _balancer(value: Any) -> str:
+    if value not in ("off", "userspace", "nftables"):
+        raise ValueError(f"{value!r} is not off, userspace or nftables")
+    return str(value)
+
+
+def _workers(value: Any) -> int:
+    number = int(value)
+    if isinstance(value, bool) or not 1 <= number <= 64:
+        raise ValueError(f"{value!r} is not a number of processes from 1 to 64")
+    return number
+
+
 def _seconds(value: Any) -> int:
     number = int(value)
     if isinstance(value, bool) or not 0 <= number <= 2**31 - 1:
@@ -89,6 +125,20 @@ class Config:
     etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     zk_hosts: tuple[str, ...] = ("127.0.0.1:2181",)
     prefix: str = "/sdns"
+    workers: int = 1
+    # Names outside the zone: () means the nameservers of /etc/resolv.conf, ("off",) none.
+    forward: tuple[str, ...] = ()
+    forward_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                                      "192.168.0.0/16", "fc00::/7")
+    forward_min_ttl: int = 0
+    forward_max_ttl: int = 3600
+    serve_stale: int = 3600
+    balancer: str = "userspace"
+
+    def __post_init__(self) -> None:
+        if self.workers > 1 and self.backend == "memory":
+            raise ConfigError("workers above 1 need a backend the processes share (etcd or "
+                              "zookeeper): the memory backend lives in one process")
 
 
 # How each setting is read from text (environment) or TOML values.
@@ -102,7 +152,35 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "etcd_endpoints": _host_list,
     "zk_hosts": _host_list,
     "prefix": _prefix,
+    "workers": _workers,
+    "forward": _upstreams,
+    "forward_allow": _networks,
+    "forward_min_ttl": _seconds,
+    "forward_max_ttl": _seconds,
+    "serve_stale": _seconds,
+    "balancer": _balancer,
 }
+
+
+def upstreams(config: Config, resolv_conf: Path = Path("/etc/resolv.conf")) -> list[HostPort]:
+    """Where names outside the zone go: the configured servers, or those of resolv.conf other
+    than sdns itself."""
+    if config.forward == ("off",):
+        return []
+    if config.forward:
+        return [host_port(item) for item in config.forward]
+    try:
+        lines = resolv_conf.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            server = HostPort(parts[1], 53)
+            if server != config.dns_addr:
+                found.append(server)
+    return found
 
 
 def setting_names() -> list[str]:

@@ -25,6 +25,14 @@ class Protocol(StrEnum):
     SCTP = "SCTP"
 
 
+class SessionAffinity(StrEnum):
+    NONE = "None"
+    CLIENT_IP = "ClientIP"
+
+
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as kube-proxy
+
+
 class ServiceKey(NamedTuple):
     namespace: str
     name: str
@@ -70,6 +78,8 @@ class Service:
     ports: tuple[ServicePort, ...] = ()
     cluster_ip: str | None = None  # only for ClusterIP services
     external_name: str | None = None  # only for ExternalName services
+    session_affinity: SessionAffinity = SessionAffinity.NONE
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
 
     @property
     def key(self) -> ServiceKey:
@@ -87,6 +97,8 @@ class Service:
             "ports": [p.to_json() for p in self.ports],
             "clusterIP": cluster_ip,
             "externalName": self.external_name,
+            "sessionAffinity": self.session_affinity.value,
+            "sessionAffinityTimeout": self.affinity_timeout,
         }
 
     @classmethod
@@ -99,6 +111,8 @@ class Service:
             ports=tuple(ServicePort.from_json(p) for p in data.get("ports", ())),
             cluster_ip=data.get("clusterIP") if service_type is ServiceType.CLUSTER_IP else None,
             external_name=data.get("externalName"),
+            session_affinity=SessionAffinity(data.get("sessionAffinity", "None")),
+            affinity_timeout=data.get("sessionAffinityTimeout", DEFAULT_AFFINITY_TIMEOUT),
         )
 
 

@@ -14,8 +14,10 @@ from aiohttp import web
 
 import backends
 from sdns.api.app import make_app
+from sdns.balancer.balancer import Balancer
 from sdns.cluster_ip import ClusterIPRange
-from sdns.config import Config, HostPort
+from sdns.config import Config, HostPort, upstreams
+from sdns.dns.forward import Forwarder, ForwardSettings
 from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
@@ -49,21 +51,27 @@ def _nameserver(address: HostPort) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Registry]:
-    """sdns started with ``config``; stopped in reverse order on exit."""
+async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry]:
+    """sdns started with ``config``; stopped in reverse order on exit. Without ``api``, a DNS
+    worker: DNS and the watcher that feeds it."""
     async with contextlib.AsyncExitStack() as stack:
         backend = backends.create(config)
         await backend.start()
         stack.push_async_callback(backend.close)
 
         watcher = Watcher(backend)
+        forward_to = upstreams(config)
+        forwarder = Forwarder(ForwardSettings(
+            tuple(forward_to), min_ttl=config.forward_min_ttl, max_ttl=config.forward_max_ttl,
+            stale_seconds=config.serve_stale)) if forward_to else None
         responder = Responder(Zone(config.zone, config.ttl, watcher.view,
-                                   _nameserver(config.dns_addr)))
+                                   _nameserver(config.dns_addr)),
+                              forwarder=forwarder, allow=config.forward_allow)
         watcher.subscribe(responder)
         await watcher.start()
         stack.push_async_callback(watcher.close)
 
-        dns = DnsServer(responder)
+        dns = DnsServer(responder, shared_port=config.workers > 1)
         try:
             await dns.start(config.dns_addr)
         except OSError as error:
@@ -71,7 +79,17 @@ async def running(config: Config) -> AsyncIterator[Registry]:
         stack.push_async_callback(dns.close)
 
         registry = Registry(backend, watcher, ClusterIPRange(config.service_cidr))
-        runner = web.AppRunner(make_app(registry), access_log=None, handle_signals=False)
+        if not api:
+            log.info("sdns DNS worker serving %s", config.dns_addr)
+            yield registry
+            return
+        balancer = Balancer(config.balancer, watcher.view, config.service_cidr)
+        if config.balancer != "off":
+            watcher.subscribe(balancer)
+            await balancer.start()
+            stack.push_async_callback(balancer.close)
+        runner = web.AppRunner(make_app(registry, balancer), access_log=None,
+                               handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(watcher.end_streams)  # open watch requests would hold up the cleanup
@@ -81,16 +99,32 @@ async def running(config: Config) -> AsyncIterator[Registry]:
             raise _listen_error("the HTTP API", config.api_addr, error) from None
 
         log.info("sdns serving DNS on %s (udp+tcp) for zone %s, HTTP API on http://%s, "
-                 "backend %s", config.dns_addr, config.zone, config.api_addr, config.backend)
+                 "backend %s, forwarding to %s", config.dns_addr, config.zone, config.api_addr,
+                 config.backend, ", ".join(map(str, forward_to)) or "nobody")
         yield registry
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+async def serve(config: Config, worker_argv: list[str] | None = None) -> None:
+    """Run until SIGINT or SIGTERM. With ``worker_argv``, this is the primary: it serves the API
+    and starts ``config.workers - 1`` DNS workers with that command line."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with running(config):
+    async with running(config, api=worker_argv is not None), contextlib.AsyncExitStack() as stack:
+        if worker_argv is not None:
+            for _ in range(config.workers - 1):
+                worker = await asyncio.create_subprocess_exec(*worker_argv)
+                stack.push_async_callback(_stop_worker, worker)
         await stop.wait()
         log.info("sdns stopping")
+
+
+async def _stop_worker(worker: asyncio.subprocess.Process) -> None:
+    if worker.returncode is None:
+        worker.terminate()
+        try:
+            await asyncio.wait_for(worker.wait(), 10)
+        except TimeoutError:
+            worker.kill()
+            await worker.wait()

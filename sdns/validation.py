@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdns.errors import Invalid
-from sdns.model import Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.model import (
+    DEFAULT_AFFINITY_TIMEOUT,
+    Protocol,
+    Service,
+    ServiceKey,
+    ServicePort,
+    ServiceType,
+    SessionAffinity,
+)
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?")
@@ -78,8 +86,8 @@ def _matches_path(body: dict[str, Any], field: str, expected: str) -> None:
 
 def service(key: ServiceKey, body: Any) -> Service:
     """A service as the user asked for it; ``cluster_ip`` None means "allocate one"."""
-    data = _object(body, {"namespace", "name", "type", "ports", "clusterIP", "externalName"},
-                   "service")
+    data = _object(body, {"namespace", "name", "type", "ports", "clusterIP", "externalName",
+                          "sessionAffinity", "sessionAffinityTimeout"}, "service")
     _matches_path(data, "namespace", key.namespace)
     _matches_path(data, "name", key.name)
     cluster_ip = data.get("clusterIP")
@@ -102,6 +110,14 @@ def service(key: ServiceKey, body: Any) -> Service:
         if kind is not ServiceType.CLUSTER_IP:
             raise Invalid(f"a {kind.value} service has no clusterIP", "clusterIP")
         cluster_ip = ip_address(cluster_ip, "clusterIP")
+    try:
+        affinity = SessionAffinity(data.get("sessionAffinity", "None"))
+    except ValueError:
+        raise Invalid("sessionAffinity must be None or ClientIP", "sessionAffinity") from None
+    timeout = data.get("sessionAffinityTimeout", DEFAULT_AFFINITY_TIMEOUT)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
+        raise Invalid("sessionAffinityTimeout must be a number of seconds from 1 to 86400",
+                      "sessionAffinityTimeout")
     return Service(
         namespace=key.namespace,
         name=key.name,
@@ -109,6 +125,8 @@ def service(key: ServiceKey, body: Any) -> Service:
         ports=service_ports(data.get("ports", [])),
         cluster_ip=cluster_ip,
         external_name=external_name,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
     )
 
 

@@ -255,19 +255,27 @@ class Watcher:
             self._apply(event)
 
     async def _reload(self) -> None:
+        """After compaction: read the whole store again, and hand on the difference as events,
+        so subscribers and watch streams see what changed meanwhile, once."""
         try:
-            self._load(await self.backend.snapshot())
+            snapshot = await self.backend.snapshot()
         except BackendUnavailable as error:
             log.warning("reload failed (%s); retrying", error.reason)
             await asyncio.sleep(self.RETRY_SECONDS)
+            return
+        events = differences(self.view, snapshot)
+        log.info("reloaded at revision %d: %d changes since revision %d", snapshot.revision,
+                 len(events), self.view.revision)
+        for event in events:
+            self._apply(event)
+        self.view.revision = snapshot.revision
+        self.healthy = True
+        self._wake()
 
     def _load(self, snapshot: Snapshot) -> None:
         self.view.load(snapshot)
         self.healthy = True
-        self._history.clear()
         self._history_floor = snapshot.revision
-        for queue in self._streams:
-            _end(queue)
         for subscriber in self._subscribers:
             subscriber.reloaded()
         self._wake()
@@ -291,6 +299,28 @@ class Watcher:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
                 future.set_result(None)
+
+
+def differences(view: View, snapshot: Snapshot) -> list[Event]:
+    """Events that take ``view`` to ``snapshot``, all at the snapshot's revision: a service
+    before its endpoints when it appears, after them when it goes."""
+    revision = snapshot.revision
+    services = {s.key: s for s in snapshot.services}
+    endpoints = {key: {e.id: e for e in found} for key, found in snapshot.endpoints.items()}
+    events: list[Event] = []
+    for service in list(view.services()):
+        if service.key not in services:
+            events += [Event(revision, "delete", service.key, e.id)
+                       for e in view.endpoints(service.key)]
+            events.append(Event(revision, "delete", service.key))
+    for key, service in services.items():
+        if view.service(key) != service:
+            events.append(Event(revision, "put", key, None, service))
+        old = {e.id: e for e in view.endpoints(key)}
+        new = endpoints.get(key, {})
+        events += [Event(revision, "delete", key, i) for i in old if i not in new]
+        events += [Event(revision, "put", key, i, e) for i, e in new.items() if old.get(i) != e]
+    return events
 
 
 def _end(queue: asyncio.Queue[Event | None]) -> None:

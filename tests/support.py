@@ -84,8 +84,12 @@ class SdnsProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.dns_port = free_port()
         self.api_port = free_port()
+        # Tests send traffic to loopback only: no forwarding unless a test names its upstream.
+        # Nor do they touch the host's addresses: no balancer unless a test asks for one.
+        forward = [] if "--forward" in args else ["--forward", "off"]
+        balancer = [] if "--balancer" in args else ["--balancer", "off"]
         self.args = ["serve", "--dns-addr", f"127.0.0.1:{self.dns_port}",
-                     "--api-addr", f"127.0.0.1:{self.api_port}", *args]
+                     "--api-addr", f"127.0.0.1:{self.api_port}", *forward, *balancer, *args]
         self.env = {**os.environ, **(env or {})}
         self.api = Api(f"http://127.0.0.1:{self.api_port}")
         self.log = tempfile.NamedTemporaryFile(prefix="sdns-", suffix=".log")  # noqa: SIM115

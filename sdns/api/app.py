@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sdns.balancer.balancer import Balancer
 from sdns.errors import BackendUnavailable, Invalid, SdnsError
 from sdns.model import ServiceKey
 from sdns.registry import Registry
@@ -17,6 +18,7 @@ from sdns.validation import label, service_key
 MAX_BODY = 64 * 1024
 READY_TIMEOUT = 2.0
 REGISTRY = web.AppKey("registry", Registry)
+BALANCER = web.AppKey("balancer", Balancer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -136,17 +138,23 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def balancer_table(request: web.Request) -> web.Response:
+    return web.json_response(request.app[BALANCER].describe())
+
+
 SERVICE = "/v1/services/{namespace}/{name}"
 ENDPOINT = SERVICE + "/endpoints/{id}"
 
 
-def make_app(registry: Registry) -> web.Application:
+def make_app(registry: Registry, balancer: Balancer) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
     app[REGISTRY] = registry
+    app[BALANCER] = balancer
     app.add_routes([
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/v1/watch", watch),
+        web.get("/v1/balancer", balancer_table),
         web.get("/v1/services", list_services),
         web.get(SERVICE, get_service),
         web.put(SERVICE, put_service),

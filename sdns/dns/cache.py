@@ -19,9 +19,13 @@ Key = tuple[bytes, int]
 
 
 class Encoded:
-    """One answer in wire form, ready to be stamped with a query's ID and question."""
+    """One answer in wire form, ready to be stamped with a query's ID and question.
 
-    __slots__ = ("counts", "counts_edns", "flags", "rest", "tags", "truncated_flags")
+    ``valid`` turns False when the cache drops the entry, so that copies held elsewhere (the
+    packet cache of the responder) know to stop serving it."""
+
+    __slots__ = ("counts", "counts_edns", "flags", "records", "rest", "tags", "truncated_flags",
+                 "turn", "valid")
 
     def __init__(self, packed: bytes, question_end: int, tags: frozenset[Tag]) -> None:
         self.flags = packed[2:4]
@@ -31,17 +35,28 @@ class Encoded:
         self.counts_edns = struct.pack(">HHHH", qd, an, ns, ar + 1)
         self.rest = packed[question_end:]
         self.tags = tags
+        self.valid = True
+        self.turn = 0
+        self.records = _rotatable(self.rest, an) if ns == ar == 0 else None
+
+    @property
+    def rotates(self) -> bool:
+        return self.records is not None
 
     def reply(self, query: bytes, parsed: wire.Query, udp: bool) -> bytes:
         flags = self.flags
         if query[2] & 1:  # echo RD
             flags = bytes((flags[0] | 1, flags[1]))
         question = query[wire.HEADER:parsed.end]
+        rest = self.rest
+        if self.records is not None:  # round robin over the addresses, like CoreDNS loadbalance
+            self.turn = turn = (self.turn + 1) % len(self.records)
+            rest = b"".join(self.records[turn:] + self.records[:turn])
         opt = parsed.opt
         if opt is None:
-            reply = query[:2] + flags + self.counts + question + self.rest
+            reply = query[:2] + flags + self.counts + question + rest
         else:
-            reply = query[:2] + flags + self.counts_edns + question + self.rest + opt
+            reply = query[:2] + flags + self.counts_edns + question + rest + opt
         if udp and len(reply) > parsed.udp_limit:
             return self._truncated(query, question, opt)
         return reply
@@ -52,15 +67,43 @@ class Encoded:
         return query[:2] + flags + counts + question + (opt or b"")
 
 
+def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
+    """The records of an answer section of several A or AAAA records owned by the question
+    name (a pointer to it): these can be reordered freely. None for anything else."""
+    if count < 2:
+        return None
+    records, pos = [], 0
+    for _ in range(count):
+        if answers[pos:pos + 2] != b"\xc0\x0c":
+            return None
+        rtype, _, _, length = struct.unpack_from(">HHIH", answers, pos + 2)
+        if rtype not in (QTYPE_A, QTYPE_AAAA):
+            return None
+        records.append(answers[pos:pos + 12 + length])
+        pos += 12 + length
+    return records if pos == len(answers) else None
+
+
+QTYPE_A, QTYPE_AAAA = 1, 28
+_AUTHORITATIVE = 0x84  # QR and AA
+
+
 def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
     """Encode ``answer`` for the lowercased question (``qname`` in wire form)."""
-    labels = wire.labels(qname)
+    question_end = wire.HEADER + len(qname) + 4
+    soa = answer.soa
+    if soa is not None:
+        # header, question, and the SOA owned by the zone's name inside the question
+        pointer = 0xC000 | (wire.HEADER + len(qname) - len(soa.zone))
+        packed = (struct.pack(">HBBHHHH", 0, _AUTHORITATIVE, answer.rcode, 1, 0, 1, 0) + qname
+                  + struct.pack(">HHH", qtype, wire.CLASS_IN, pointer) + soa.record)
+        return Encoded(packed, question_end, answer.tags)
     record = DNSRecord(
         DNSHeader(id=0, qr=1, aa=1, rd=0, ra=0, rcode=answer.rcode),
-        q=DNSQuestion(DNSLabel(list(labels)), qtype),
-        rr=list(answer.answer), auth=list(answer.authority), ar=list(answer.additional),
+        q=DNSQuestion(DNSLabel(list(wire.labels(qname))), qtype),
+        rr=list(answer.answer), ar=list(answer.additional),
     )
-    return Encoded(record.pack(), wire.HEADER + len(qname) + 4, answer.tags)
+    return Encoded(record.pack(), question_end, answer.tags)
 
 
 class AnswerCache:
@@ -92,6 +135,8 @@ class AnswerCache:
                 self._remove(key)
 
     def clear(self) -> None:
+        for entry in self._entries.values():
+            entry.valid = False
         self._entries.clear()
         self._by_tag.clear()
 
@@ -99,6 +144,7 @@ class AnswerCache:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        entry.valid = False
         for tag in entry.tags:
             keys = self._by_tag.get(tag)
             if keys is not None:

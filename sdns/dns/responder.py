@@ -2,25 +2,81 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from sdns.dns import wire
-from sdns.dns.cache import AnswerCache, encode
+from sdns.dns.cache import AnswerCache, Encoded, encode
+from sdns.dns.forward import Forwarder
 from sdns.dns.zone import Zone, change_tags
 from sdns.watch import Change
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_ENTRIES = 200_000
+# Replies by the exact query bytes after the ID: resolvers repeat the same packet, and then a
+# reply costs one lookup. Emptied when full, which is cheaper than tracking an order.
+PACKET_CACHE_ENTRIES = 100_000
 
 
 class Responder:
-    def __init__(self, zone: Zone, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+    """Answers the zone itself and hands other names to the forwarder (``forward``)."""
+
+    def __init__(self, zone: Zone, cache_entries: int = DEFAULT_CACHE_ENTRIES,
+                 forwarder: Forwarder | None = None, allow: tuple[str, ...] = ()) -> None:
         self.zone = zone
         self.cache = AnswerCache(cache_entries)
+        self.forwarder = forwarder
+        self._allow = [ipaddress.ip_network(network) for network in allow]
+        self._allowed: dict[str, bool] = {}
+        self._packets: dict[bytes, tuple[Encoded, bytes]] = {}
 
-    def reply(self, data: bytes, udp: bool) -> bytes | None:
-        """The reply to ``data``, or None when it deserves none. Never raises."""
+    def cached_reply(self, data: bytes) -> bytes | None:
+        """The UDP reply to ``data`` when its answer is cached; None means "ask ``reply``".
+        The hot path: safe to call from another thread, as it only reads the answer cache."""
+        hit = self._packets.get(data[2:])
+        if hit is not None and hit[0].valid:
+            return data[:2] + hit[1]
+        try:
+            query = wire.parse(data)
+        except (wire.Drop, wire.FormatError):
+            return None
+        if data[2] & 0x78 or query.edns_version or query.qclass != wire.CLASS_IN:
+            return None
+        entry = self.cache.get((query.qname, query.qtype))
+        return None if entry is None else self._udp_reply(data, query, entry)
+
+    def _udp_reply(self, data: bytes, query: wire.Query, entry: Encoded) -> bytes:
+        reply = entry.reply(data, query, True)
+        if not entry.rotates:
+            if len(self._packets) >= PACKET_CACHE_ENTRIES:
+                self._packets.clear()
+            self._packets[data[2:]] = (entry, reply[2:])
+        return reply
+
+    async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:
+        """The reply to a query ``reply`` did not answer: forwarded for allowed clients, so that
+        sdns is never an open resolver; REFUSED for the others."""
+        if self.forwarder is None or not self._is_allowed(client):
+            return wire.error_reply(data, wire.REFUSED, query)
+        try:
+            return await self.forwarder.reply(data, query, udp)
+        except Exception:
+            log.exception("failed to forward a query; replying SERVFAIL")
+            return wire.error_reply(data, wire.SERVFAIL, query)
+
+    def _is_allowed(self, client: str) -> bool:
+        allowed = self._allowed.get(client)
+        if allowed is None:
+            address = ipaddress.ip_address(client.partition("%")[0])
+            allowed = any(address in network for network in self._allow)
+            if len(self._allowed) < 10_000:
+                self._allowed[client] = allowed
+        return allowed
+
+    def reply(self, data: bytes, udp: bool) -> bytes | wire.Query | None:
+        """The reply to ``data``; None when it deserves none; the parsed query when the name is
+        not in the zone and ``forward`` should take it. Never raises."""
         try:
             query = wire.parse(data)
         except wire.Drop:
@@ -33,7 +89,7 @@ class Responder:
             log.exception("failed to answer a query; replying SERVFAIL")
             return wire.error_reply(data, wire.SERVFAIL, query)
 
-    def _answer(self, data: bytes, query: wire.Query, udp: bool) -> bytes:
+    def _answer(self, data: bytes, query: wire.Query, udp: bool) -> bytes | wire.Query:
         if data[2] & 0x78:
             return wire.error_reply(data, wire.NOTIMP, query)
         if query.edns_version:
@@ -45,12 +101,12 @@ class Responder:
                 return wire.error_reply(data, wire.REFUSED, query)
             answer = self.zone.answer(wire.labels(query.qname), query.qtype)
             if answer is None:
-                return wire.error_reply(data, wire.REFUSED, query)
+                return query
             entry = encode(query.qname, query.qtype, answer)
             self.cache.put(key, entry)
         elif query.qclass != wire.CLASS_IN:
             return wire.error_reply(data, wire.REFUSED, query)
-        return entry.reply(data, query, udp)
+        return self._udp_reply(data, query, entry) if udp else entry.reply(data, query, False)
 
     # Subscriber of the watcher
 

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 
 from sdns.config import HostPort
+from sdns.dns import wire
 from sdns.dns.responder import Responder
 
 log = logging.getLogger(__name__)
@@ -15,57 +17,100 @@ log = logging.getLogger(__name__)
 TCP_IDLE_SECONDS = 10.0
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder) -> None:
-        self.reply = responder.reply
-        self.transport: asyncio.DatagramTransport | None = None
+class _UdpServer:
+    """UDP on a thread of its own, blocked in recvfrom: a cached answer goes straight back from
+    there, which costs less per packet than a trip through the event loop. Anything else (a
+    miss, an error reply) is handed to the loop, which owns the zone data."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def __init__(self, sock: socket.socket, responder: Responder,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.responder = responder
+        self.loop = loop
+        self._stopping = False
+        self._forwarding: set[asyncio.Task[None]] = set()
+        self._thread = threading.Thread(target=self._serve, name="sdns-udp", daemon=True)
+        self._thread.start()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = self.reply(data, True)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+    def _serve(self) -> None:
+        receive, send = self.sock.recvfrom, self.sock.sendto
+        cached, call_soon = self.responder.cached_reply, self.loop.call_soon_threadsafe
+        while not self._stopping:
+            try:
+                data, addr = receive(65535)
+                reply = cached(data)
+                if reply is None:
+                    call_soon(self._answer, data, addr)
+                else:
+                    send(reply, addr)
+            except OSError as error:
+                if self._stopping:
+                    return
+                log.debug("UDP error: %s", error)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
+    def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.responder.reply(data, True)
+        if isinstance(reply, wire.Query):
+            task = self.loop.create_task(self._forward(data, reply, addr))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
+        elif reply is not None:
+            self._send(reply, addr)
+
+    async def _forward(self, data: bytes, query: wire.Query, addr: tuple[str, int]) -> None:
+        self._send(await self.responder.forward(data, query, True, addr[0]), addr)
+
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendto(reply, addr)
+
+    def close(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):  # wake the thread from recvfrom
+            wake = socket.socket(self.sock.family, socket.SOCK_DGRAM)
+            wake.sendto(b"", self.sock.getsockname())
+            wake.close()
+        self._thread.join(2)
+        self.sock.close()
 
 
-def _bound_udp_socket(address: HostPort) -> socket.socket:
-    """Bound here rather than by the loop so that a failure keeps its errno."""
+def _bound_udp_socket(address: HostPort, shared: bool) -> socket.socket:
+    """A blocking socket for the UDP thread, bound here so that a failure keeps its errno."""
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_DGRAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError:
         sock.close()
         raise
-    sock.setblocking(False)
     return sock
 
 
 class DnsServer:
     """Listens on one address over both UDP and TCP."""
 
-    def __init__(self, responder: Responder, idle_seconds: float = TCP_IDLE_SECONDS) -> None:
+    def __init__(self, responder: Responder, idle_seconds: float = TCP_IDLE_SECONDS,
+                 shared_port: bool = False) -> None:
         self.responder = responder
+        self.shared_port = shared_port  # other processes serve the same port (SO_REUSEPORT)
         self.idle_seconds = idle_seconds
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UdpServer | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self, address: HostPort) -> None:
-        loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self.responder), sock=_bound_udp_socket(address))
+        sock = _bound_udp_socket(address, self.shared_port)
         try:
             self._tcp = await asyncio.start_server(self._serve_tcp, address.host, address.port,
-                                                   reuse_address=True)
+                                                   reuse_address=True,
+                                                   reuse_port=self.shared_port or None)
         except OSError:
-            self._udp.close()
+            sock.close()
             raise
+        self._udp = _UdpServer(sock, self.responder, asyncio.get_running_loop())
 
     async def close(self) -> None:
         if self._udp is not None:
@@ -86,7 +131,10 @@ class DnsServer:
                 length = int.from_bytes(prefix, "big")
                 message = await asyncio.wait_for(reader.readexactly(length), self.idle_seconds)
                 reply = self.responder.reply(message, False)
-                if reply is None:
+                if isinstance(reply, wire.Query):
+                    peer = writer.get_extra_info("peername")
+                    reply = await self.responder.forward(message, reply, False, peer[0])
+                elif reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()

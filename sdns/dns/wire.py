@@ -81,7 +81,7 @@ def _edns(data: bytes, pos: int) -> tuple[bytes | None, int, int]:
     found: tuple[bytes | None, int, int] | None = None
     try:
         for _ in range(records):
-            pos = _skip_name(data, pos)
+            pos = skip_name(data, pos)
             rtype, rclass, ttl, rdlength = struct.unpack_from(">HHIH", data, pos)
             pos += 10 + rdlength
             if pos > len(data):
@@ -97,7 +97,7 @@ def _edns(data: bytes, pos: int) -> tuple[bytes | None, int, int]:
     return found or (None, PLAIN_UDP_LIMIT, 0)
 
 
-def _skip_name(data: bytes, pos: int) -> int:
+def skip_name(data: bytes, pos: int) -> int:
     while True:
         if pos >= len(data):
             raise FormatError("name runs past the message")

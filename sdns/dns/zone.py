@@ -5,10 +5,11 @@ exactly the answers a change touches."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
 
 from sdns.dns.wire import NOERROR, NXDOMAIN, QTYPE_ANY
 from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
@@ -23,11 +24,30 @@ Tag = Hashable
 
 
 @dataclass(frozen=True, slots=True)
+class Soa:
+    """A zone's SOA record in wire form, but for its owner name: negative answers (RFC 2308)
+    point that at the zone's name inside the question, so they need no encoder at all."""
+
+    zone: bytes  # the zone's name in wire form
+    record: bytes  # type, class, TTL, length and data of the SOA record
+
+    @classmethod
+    def of(cls, rr: RR) -> Soa:
+        buffer = DNSBuffer()
+        rr.rdata.pack(buffer)
+        data = bytes(buffer.data)
+        zone = b"".join(bytes((len(label),)) + label for label in rr.rname.label) + b"\0"
+        return cls(zone, struct.pack(">HHIH", QTYPE.SOA, 1, rr.ttl, len(data)) + data)
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
+    """Records for a question; with no records, ``soa`` makes it a negative answer."""
+
     rcode: int
     answer: tuple[RR, ...] = ()
-    authority: tuple[RR, ...] = ()
     additional: tuple[RR, ...] = ()
+    soa: Soa | None = None
     tags: frozenset[Tag] = frozenset()
 
 
@@ -73,6 +93,7 @@ class Zone:
                 (1, 7200, 1800, 86400, ttl)))
             for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
         }
+        self._negative = {zone: Soa.of(rr) for zone, rr in self._soas.items()}
 
     def answer(self, labels: tuple[bytes, ...], qtype: int) -> Answer | None:
         """The answer for a lowercased name, or None when the name is not ours."""
@@ -87,9 +108,9 @@ class Zone:
                 return None
         else:
             return None
-        soa = (self._soas[zone],)
+        soa = self._negative[zone]
         if isinstance(node, frozenset):  # the name does not exist; these are its tags
-            return Answer(NXDOMAIN, authority=soa, tags=node)
+            return Answer(NXDOMAIN, soa=soa, tags=node)
         tags = frozenset(node.tags)
         records = node.records
         if qtype == QTYPE_ANY and records:
@@ -99,7 +120,7 @@ class Zone:
             return Answer(NOERROR, tuple(records[qtype]), additional=extra, tags=tags)
         if QTYPE.CNAME in records:
             return Answer(NOERROR, tuple(records[QTYPE.CNAME]), tags=tags)
-        return Answer(NOERROR, authority=soa, tags=tags)
+        return Answer(NOERROR, soa=soa, tags=tags)
 
     # The cluster zone
 

@@ -3,11 +3,14 @@ on one store, and surviving the store going away."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dns.rcode
 import pytest
@@ -247,3 +250,69 @@ def test_etcd_cluster_survives_losing_its_leader(make_sdns: MakeSdns, ns: str) -
     finally:
         for member in members:
             member.remove()
+
+
+# DNS workers
+
+def test_workers_share_the_dns_port(make_sdns: MakeSdns, request: pytest.FixtureRequest,
+                                    ns: str) -> None:
+    process = make_sdns(*backend_args(request, "etcd"), "--workers", "2")
+    pid = process.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1
+    ip = process.api.put(f"/v1/services/{ns}/web", {}).body["clusterIP"]
+    # each query comes from a new source port, so the kernel spreads them over both processes
+    wait_until(lambda: all(addresses(process, f"web.{ns}.svc.cluster.local") == [ip]
+                           for _ in range(40)), timeout=5)
+    assert process.stop() == 0
+    assert not Path(f"/proc/{children[0]}").exists()
+
+
+def test_workers_need_a_shared_backend() -> None:
+    from support import SDNS
+
+    result = subprocess.run([SDNS, "serve", "--workers", "2"], capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2
+    assert "need a backend the processes share" in result.stderr
+
+
+def test_resuming_after_compaction_hands_on_the_difference(make_sdns: MakeSdns, ns: str
+                                                           ) -> None:
+    import signal
+
+    reason = missing_etcd() or (None if shutil.which("etcdctl") else "etcdctl is not installed")
+    if reason:
+        pytest.skip(reason)
+    server = Etcd().start()
+    try:
+        flags = ["--backend", "etcd", "--etcd-endpoints", server.endpoint]
+        a, b = make_sdns(*flags), make_sdns(*flags)
+        a.api.put(f"/v1/services/{ns}/gone", {})
+        kept = a.api.put(f"/v1/services/{ns}/kept", {}).body["clusterIP"]
+        stream = Watch(a.api, since=a.api.get("/v1/services").body["revision"] + 1)
+        try:
+            a.process.send_signal(signal.SIGSTOP)
+            server.kill()  # A's watch breaks: it must start again after what follows
+            server.start()
+            wait_until(lambda: b.api.delete(f"/v1/services/{ns}/gone").status == 204,
+                       timeout=20, interval=0.2)
+            born = b.api.put(f"/v1/services/{ns}/born", {}).body["clusterIP"]
+            revision = b.api.get("/v1/services").body["revision"]
+            subprocess.run(["etcdctl", "--endpoints", server.endpoint, "compact",
+                            str(revision)], check=True, capture_output=True, timeout=10)
+            a.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: addresses(a, f"born.{ns}.svc.cluster.local") == [born],
+                       timeout=20)
+            assert a.query(f"gone.{ns}.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+            assert addresses(a, f"kept.{ns}.svc.cluster.local") == [kept]
+            events = stream.take(2, namespace=ns)
+            assert "compacted; reloading" in a.output()  # the path under test was taken
+        finally:
+            stream.close()
+    finally:
+        server.remove()
+    assert sorted((e["action"], e["service"]) for e in events) == [("delete", "gone"),
+                                                                   ("put", "born")]
+    revisions = {e["revision"] for e in events}
+    assert len(revisions) == 1 and revisions.pop() >= revision  # one diff, at the reload

@@ -389,3 +389,18 @@ def test_random_packets_never_stop_the_server(sdns: SdnsProcess, ns: str, web: s
     time.sleep(0.2)
     assert values(query(sdns.dns_port, f"web.{ns}.{ZONE}")) == [web]
     assert values(sdns.query(f"web.{ns}.{ZONE}", tcp=True)) == [web]
+
+
+def test_multi_address_answers_rotate(sdns: SdnsProcess, ns: str) -> None:
+    sdns.api.put(f"/v1/services/{ns}/db", {"clusterIP": "None"})
+    ips = [f"10.247.0.{i}" for i in (1, 2, 3)]
+    for i, ip in enumerate(ips):
+        sdns.api.put(f"/v1/services/{ns}/db/endpoints/e{i}", {"ip": ip})
+    orders = []
+    for _ in range(6):
+        reply = sdns.query(f"db.{ns}.{ZONE}")
+        orders.append(tuple(rd.to_text() for rrset in reply.answer for rd in rrset))
+    assert all(sorted(order) == ips for order in orders)
+    assert {order[0] for order in orders} == set(ips)  # each address leads in turn
+    tcp = sdns.query(f"db.{ns}.{ZONE}", tcp=True)
+    assert sorted(rd.to_text() for rrset in tcp.answer for rd in rrset) == ips

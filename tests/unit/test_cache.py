@@ -31,3 +31,14 @@ def test_capacity_evicts_oldest_and_forgets_its_tags() -> None:
     assert len(cache) == 3
     assert cache.get((b"999", 1)) is not None
     assert len(cache._by_tag) == 3
+
+
+def test_dropped_entries_turn_invalid() -> None:
+    cache = AnswerCache(1)
+    first = _entry(frozenset({"x"}))
+    cache.put((b"a", 1), first)
+    cache.put((b"b", 1), _entry(frozenset({"y"})))
+    assert first.valid is False
+    second = cache.get((b"b", 1))
+    cache.invalidate(["y"])
+    assert second.valid is False

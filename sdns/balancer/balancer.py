@@ -1,0 +1,122 @@
+"""The balancer as a subscriber of the watcher: changes mark services dirty, and one task brings
+the data plane (userspace proxy or nftables) in line, so a change applies within milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sdns.balancer import nft
+from sdns.balancer.proxy import UserspaceProxy
+from sdns.balancer.table import Frontend, frontends, table
+from sdns.balancer.vip import LocalAddresses, route_to_lo
+from sdns.model import Protocol, ServiceKey
+from sdns.watch import Change, View
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "userspace", "nftables")
+
+
+class Balancer:
+    def __init__(self, mode: str, view: View, service_cidr: str) -> None:
+        self.mode = mode
+        self.view = view
+        self.service_cidr = service_cidr
+        self.proxy = UserspaceProxy()
+        self.addresses = LocalAddresses()
+        self._dirty: set[ServiceKey] = set()
+        self._everything = True
+        self._wake = asyncio.Event()
+        self._current: dict[ServiceKey, list[Frontend]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # Subscriber of the watcher
+
+    def changed(self, change: Change) -> None:
+        self._dirty.add(change.key)
+        self._wake.set()
+
+    def reloaded(self) -> None:
+        self._everything = True
+        self._wake.set()
+
+    # Life cycle
+
+    async def start(self) -> None:
+        if self.mode == "nftables":
+            await route_to_lo(self.service_cidr, add=True)
+        await self._reconcile()
+        self._task = asyncio.create_task(self._run(), name="balancer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.mode == "nftables":
+            await nft.delete()
+            with contextlib.suppress(OSError):
+                await route_to_lo(self.service_cidr, add=False)
+        await self.proxy.close()
+        await self.addresses.release_all()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._reconcile()
+            except (OSError, RuntimeError) as error:
+                log.error("balancer could not apply the VIP table: %s", error)
+
+    async def _reconcile(self) -> None:
+        if self._everything:
+            self._everything = False
+            keys = set(self._current) | {s.key for s in self.view.services()}
+        else:
+            keys, self._dirty = self._dirty, set()
+        if self.mode == "nftables":
+            for key in keys:
+                self._current[key] = frontends(self.view, key)
+            await nft.apply(nft.render(table(self.view)))
+            return
+        removed: set[tuple[str, int, Protocol]] = set()
+        wanted: list[Frontend] = []
+        for key in keys:
+            before = {f.address for f in self._current.get(key, [])}
+            after = frontends(self.view, key)
+            self._current[key] = after
+            removed |= before - {f.address for f in after}
+            for frontend in after:
+                if await self.addresses.ensure(frontend.vip):
+                    wanted.append(frontend)
+        await self.proxy.apply(wanted, removed)
+        still_used = {f.vip for fs in self._current.values() for f in fs}
+        for vip in {vip for vip, _, _ in removed} - still_used:
+            await self.addresses.release(vip)
+
+    def describe(self) -> dict[str, Any]:
+        """The VIP table with each endpoint's state and connection count."""
+        services = []
+        for frontend in sorted((f for fs in self._current.values() for f in fs),
+                               key=lambda f: (f.key, f.port)):
+            listener = self.proxy.listeners.get(frontend.address)
+            endpoints = []
+            for backend in frontend.backends:
+                state = listener.states.get(backend) if listener else None
+                endpoints.append({
+                    "id": backend.endpoint_id, "ip": backend.ip, "port": backend.port,
+                    "state": "up" if state is None or state.up else "down",
+                    "connections": state.connections if state else None,
+                })
+            services.append({
+                "namespace": frontend.key.namespace, "name": frontend.key.name,
+                "port": frontend.port_name, "vip": frontend.vip,
+                "vipPort": frontend.port, "protocol": frontend.protocol.value,
+                "serving": self.mode == "nftables" or listener is not None,
+                "endpoints": endpoints,
+            })
+        return {"mode": self.mode, "services": services}

@@ -1,0 +1,237 @@
+"""Forwarding names outside the cluster zone to upstream servers, with a cache of their answers.
+
+An upstream query goes out over UDP from a fresh socket (a random source port) with a random ID;
+only a reply with that ID and the same question is taken. A truncated reply is asked again over
+TCP; an upstream that is silent, fails or refuses makes way for the next; when every one has
+failed, an expired answer is served for a while (RFC 8767), else SERVFAIL.
+
+Answers are cached by question with their TTLs counting down (clamped to the configured range);
+NXDOMAIN and NODATA by their SOA minimum (RFC 2308). Identical queries in flight share one
+upstream query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sdns.config import HostPort
+from sdns.dns import wire
+
+log = logging.getLogger(__name__)
+
+STALE_TTL = 30  # seconds, what RFC 8767 suggests for an answer served stale
+
+
+class UpstreamFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    upstreams: tuple[HostPort, ...]
+    timeout: float = 2.0
+    min_ttl: int = 0
+    max_ttl: int = 3600
+    stale_seconds: int = 3600
+    cache_entries: int = 10_000
+
+
+class _Cached:
+    """An upstream reply with its ID, question and OPT taken out, and where its TTLs are."""
+
+    __slots__ = ("body", "counts", "expires", "flags", "stored", "ttl_offsets")
+
+    def __init__(self, flags: bytes, counts: bytes, body: bytes, ttl_offsets: list[int],
+                 ttl: int) -> None:
+        self.flags, self.counts, self.body = flags, counts, body
+        self.ttl_offsets = ttl_offsets
+        self.stored = time.monotonic()
+        self.expires = self.stored + ttl
+
+    def reply(self, query: bytes, parsed: wire.Query, udp: bool, stale: bool = False) -> bytes:
+        """The reply to ``query``, TTLs counted down (or set to STALE_TTL when stale)."""
+        elapsed = int(time.monotonic() - self.stored)
+        body = bytearray(self.body)
+        for offset in self.ttl_offsets:
+            (ttl,) = struct.unpack_from(">I", body, offset)
+            struct.pack_into(">I", body, offset, STALE_TTL if stale else max(0, ttl - elapsed))
+        qd, an, ns, ar = struct.unpack(">HHHH", self.counts)
+        opt = parsed.opt or b""
+        counts = struct.pack(">HHHH", qd, an, ns, ar + (1 if opt else 0))
+        flags = bytes((self.flags[0] & 0xFE | query[2] & 1, self.flags[1]))
+        reply = query[:2] + flags + counts + query[wire.HEADER:parsed.end] + bytes(body) + opt
+        if udp and len(reply) > parsed.udp_limit:
+            counts = struct.pack(">HHHH", 1, 0, 0, 1 if opt else 0)
+            flags = bytes((flags[0] | 0x02, flags[1]))
+            return query[:2] + flags + counts + query[wire.HEADER:parsed.end] + opt
+        return reply
+
+
+class Forwarder:
+    def __init__(self, settings: ForwardSettings) -> None:
+        self.settings = settings
+        self._cache: OrderedDict[tuple[bytes, int, int], _Cached] = OrderedDict()
+        self._inflight: dict[tuple[bytes, int, int], asyncio.Future[_Cached]] = {}
+        self.upstream_queries = 0
+
+    async def reply(self, data: bytes, query: wire.Query, udp: bool) -> bytes:
+        key = (query.qname, query.qtype, query.qclass)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached.expires > now:
+            self._cache.move_to_end(key)
+            return cached.reply(data, query, udp)
+        try:
+            fresh = await self._shared_lookup(key, data, query)
+        except UpstreamFailed as error:
+            stale_until = (cached.expires + self.settings.stale_seconds) if cached else 0
+            if cached is not None and now < stale_until:
+                log.info("serving a stale answer: %s", error)
+                return cached.reply(data, query, udp, stale=True)
+            log.warning("forwarding failed: %s", error)
+            return wire.error_reply(data, wire.SERVFAIL, query)
+        return fresh.reply(data, query, udp)
+
+    async def _shared_lookup(self, key: tuple[bytes, int, int], data: bytes, query: wire.Query
+                             ) -> _Cached:
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Cached] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._lookup(data, query)
+        except UpstreamFailed as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters re-raise it, nobody else has to
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(result)
+        return result
+
+    async def _lookup(self, data: bytes, query: wire.Query) -> _Cached:
+        question = data[wire.HEADER:query.end]
+        failures = []
+        for upstream in self.settings.upstreams:
+            try:
+                reply = await self._ask_udp(upstream, question)
+                if reply[2] & 0x02:  # truncated: the whole answer comes over TCP
+                    reply = await self._ask_tcp(upstream, question)
+            except (OSError, TimeoutError, UpstreamFailed) as error:
+                failures.append(f"{upstream}: {error or type(error).__name__}")
+                continue
+            rcode = reply[3] & 0x0F
+            if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+                failures.append(f"{upstream}: rcode {rcode}")
+                continue
+            return self._store(query, reply)
+        raise UpstreamFailed("; ".join(failures) or "no upstream servers configured")
+
+    def _query_message(self, question: bytes) -> tuple[int, bytes]:
+        qid = random.getrandbits(16)
+        header = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 1)  # RD, one question, OPT
+        return qid, header + question + wire.OPT
+
+    async def _ask_udp(self, upstream: HostPort, question: bytes) -> bytes:
+        self.upstream_queries += 1
+        qid, message = self._query_message(question)
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Reply(qid, question, answered), remote_addr=(upstream.host, upstream.port))
+        try:
+            transport.sendto(message)
+            return await asyncio.wait_for(answered, self.settings.timeout)
+        finally:
+            transport.close()
+
+    async def _ask_tcp(self, upstream: HostPort, question: bytes) -> bytes:
+        self.upstream_queries += 1
+        qid, message = self._query_message(question)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(upstream.host, upstream.port), self.settings.timeout)
+        try:
+            writer.write(struct.pack(">H", len(message)) + message)
+            length = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2),
+                                                                 self.settings.timeout))[0]
+            reply = await asyncio.wait_for(reader.readexactly(length), self.settings.timeout)
+        except asyncio.IncompleteReadError:
+            raise UpstreamFailed("TCP connection closed early") from None
+        finally:
+            writer.close()
+        if not _matches(reply, qid, question):
+            raise UpstreamFailed("TCP reply does not match the question")
+        return reply
+
+    def _store(self, query: wire.Query, reply: bytes) -> _Cached:
+        body, counts, ttl_offsets, min_ttl = _without_opt(reply, query.end)
+        settings = self.settings
+        ttl = max(settings.min_ttl, min(settings.max_ttl, min_ttl))
+        cached = _Cached(reply[2:4], counts, body, ttl_offsets, ttl)
+        key = (query.qname, query.qtype, query.qclass)
+        self._cache[key] = cached
+        self._cache.move_to_end(key)
+        while len(self._cache) > settings.cache_entries:
+            self._cache.popitem(last=False)
+        return cached
+
+
+class _Reply(asyncio.DatagramProtocol):
+    """Waits for the one datagram that answers our question; anything else is dropped."""
+
+    def __init__(self, qid: int, question: bytes, answered: asyncio.Future[bytes]) -> None:
+        self.qid, self.question, self.answered = qid, question, answered
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if _matches(data, self.qid, self.question) and not self.answered.done():
+            self.answered.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(UpstreamFailed(str(exc)))
+
+
+def _matches(reply: bytes, qid: int, question: bytes) -> bool:
+    end = wire.HEADER + len(question)
+    return (len(reply) >= end and reply[2] & 0x80 and struct.unpack_from(">H", reply)[0] == qid
+            and reply[4:6] == b"\0\1" and reply[wire.HEADER:end].lower() == question.lower())
+
+
+def _without_opt(reply: bytes, question_end: int) -> tuple[bytes, bytes, list[int], int]:
+    """The records of ``reply`` without its OPT record: (records, counts, TTL offsets relative
+    to the records, the TTL to cache them for). Negative answers live as long as the SOA
+    minimum (RFC 2308); a negative answer without SOA is not worth caching (TTL 0)."""
+    qd, an, ns, ar = struct.unpack_from(">HHHH", reply, 4)
+    pos, offsets, ttls, opt_span = question_end, [], [], None
+    soa_ttl, soa_offset = None, 0
+    for index in range(an + ns + ar):
+        start = pos
+        pos = wire.skip_name(reply, pos)
+        rtype, _, ttl, length = struct.unpack_from(">HHIH", reply, pos)
+        if rtype == wire.QTYPE_OPT:
+            opt_span = (start, pos + 10 + length)
+        else:
+            offsets.append(pos + 4 - question_end)
+            ttls.append(ttl)
+            if rtype == 6 and an <= index < an + ns:  # SOA in authority
+                minimum = struct.unpack_from(">I", reply, pos + 10 + length - 4)[0]
+                soa_ttl = min(ttl, minimum)
+                soa_offset = pos + 4 - question_end
+        pos += 10 + length
+    body = reply[question_end:pos]
+    if soa_ttl is not None:  # a negative answer's SOA lives as long as the answer itself
+        body = body[:soa_offset] + struct.pack(">I", soa_ttl) + body[soa_offset + 4:]
+    if opt_span is not None:
+        start, end = opt_span[0] - question_end, opt_span[1] - question_end
+        body = body[:start] + body[end:]
+        offsets = [o if o < start else o - (end - start) for o in offsets]
+        ar -= 1
+    ttl = min(ttls[:an]) if an else soa_ttl or 0
+    return body, struct.pack(">HHHH", qd, an, ns, ar), offsets, ttl

@@ -1,0 +1,187 @@
+"""The VIP balancer: connections to clusterIP:port reach the service's ready endpoints."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, TcpEndpoint, UdpEndpoint, connect
+from support import SdnsProcess, wait_until
+
+MakeSdns = Callable[..., SdnsProcess]
+CIDR = "127.96.0.0/16"  # loopback: the userspace proxy needs no privileges
+
+
+@pytest.fixture
+def balanced(make_sdns: MakeSdns) -> SdnsProcess:
+    return make_sdns("--balancer", "userspace", "--service-cidr", CIDR)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[TcpEndpoint]]:
+    made = [TcpEndpoint(f"e{i}") for i in range(3)]
+    yield made
+    for server in made:
+        server.stop()
+
+
+def _accepting(vip: str, port: int) -> bool:
+    try:
+        socket.create_connection((vip, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _register(process: SdnsProcess, servers: list[TcpEndpoint], **service: object) -> str:
+    body = {"ports": [{"name": "http", "port": 8080}], **service}
+    vip = process.api.put("/v1/services/default/web", body).body["clusterIP"]
+    for server in servers:
+        process.api.put(f"/v1/services/default/web/endpoints/{server.name}",
+                        {"ip": "127.0.0.1", "ports": {"http": server.port}})
+    wait_until(lambda: _accepting(vip, 8080), timeout=3)
+    return vip
+
+
+def test_round_robin_over_ready_endpoints(balanced: SdnsProcess,
+                                          servers: list[TcpEndpoint]) -> None:
+    vip = _register(balanced, servers)
+    got = Counter(connect(vip, 8080) for _ in range(300))
+    assert got == {"e0": 100, "e1": 100, "e2": 100}
+
+
+def test_a_stopped_endpoint_is_skipped(balanced: SdnsProcess,
+                                       servers: list[TcpEndpoint]) -> None:
+    vip = _register(balanced, servers)
+    servers[1].stop()
+    got = Counter(connect(vip, 8080) for _ in range(300))
+    assert sum(got.values()) == 300  # every client got through
+    assert set(got) == {"e0", "e2"}
+    table = balanced.api.get("/v1/balancer").body
+    states = {e["id"]: e["state"] for e in table["services"][0]["endpoints"]}
+    assert states["e1"] == "down"
+
+
+def test_a_deregistered_endpoint_takes_no_new_connection(balanced: SdnsProcess,
+                                                         servers: list[TcpEndpoint]) -> None:
+    vip = _register(balanced, servers)
+    assert balanced.api.delete("/v1/services/default/web/endpoints/e0").status == 204
+    time.sleep(0.1)
+    got = Counter(connect(vip, 8080) for _ in range(60))
+    assert got == {"e1": 30, "e2": 30}
+    balanced.api.put("/v1/services/default/web/endpoints/e1",
+                     {"ip": "127.0.0.1", "ports": {"http": servers[1].port}, "ready": False})
+    time.sleep(0.1)
+    assert Counter(connect(vip, 8080) for _ in range(10)) == {"e2": 10}
+
+
+def test_client_ip_affinity_pins_a_client(balanced: SdnsProcess,
+                                          servers: list[TcpEndpoint]) -> None:
+    vip = _register(balanced, servers, sessionAffinity="ClientIP")
+    got = Counter(connect(vip, 8080) for _ in range(30))
+    assert len(got) == 1 and sum(got.values()) == 30
+
+
+def test_udp_flows_round_robin(balanced: SdnsProcess) -> None:
+    udp = [UdpEndpoint(f"u{i}") for i in range(3)]
+    try:
+        vip = balanced.api.put("/v1/services/default/dns", {"ports": [
+            {"name": "dns", "port": 5353, "protocol": "UDP"}]}).body["clusterIP"]
+        for server in udp:
+            balanced.api.put(f"/v1/services/default/dns/endpoints/{server.name}",
+                             {"ip": "127.0.0.1", "ports": {"dns": server.port}})
+        wait_until(lambda: balanced.api.get("/v1/balancer").body["services"][0]["serving"],
+                   timeout=3)
+        answered = Counter()
+        for _ in range(30):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(2)
+                client.sendto(b"q", (vip, 5353))
+                first = client.recv(64).decode()
+                client.sendto(b"q", (vip, 5353))  # the same flow stays with its endpoint
+                assert client.recv(64).decode() == first
+                answered[first] += 1
+        assert answered == {"u0": 10, "u1": 10, "u2": 10}
+    finally:
+        for server in udp:
+            server.stop()
+
+
+def test_balancer_table_counts_connections(balanced: SdnsProcess,
+                                           servers: list[TcpEndpoint]) -> None:
+    vip = _register(balanced, servers)
+    held = socket.create_connection((vip, 8080))
+    held.sendall(b"x")
+    try:
+        wait_until(lambda: sum(e["connections"] for e in balanced.api.get("/v1/balancer").body[
+            "services"][0]["endpoints"]) == 1, timeout=2)
+        table = balanced.api.get("/v1/balancer").body
+        assert table["mode"] == "userspace"
+        service = table["services"][0]
+        assert (service["vip"], service["vipPort"], service["protocol"]) == (vip, 8080, "TCP")
+        assert {e["id"] for e in service["endpoints"]} == {"e0", "e1", "e2"}
+    finally:
+        held.close()
+
+
+def test_nftables_round_robin_in_a_namespace(tmp_path) -> None:
+    import ast
+    import os
+    import shutil
+    import sys
+
+    from netns import Netns, missing_netns
+    from support import SDNS
+
+    reason = missing_netns() or (None if shutil.which("nft") else
+                                 "nft is not installed (make test installs nftables)")
+    if reason:
+        pytest.skip(reason)
+    netns = Netns(f"sdns-nft-{os.getpid()}")
+    try:
+        endpoints = [f"10.244.5.{i}" for i in (1, 2, 3)]
+        for ip in endpoints:
+            netns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+            netns.start(sys.executable, "-c", SERVER_SCRIPT, ip, "8080", ip,
+                        log=tmp_path / "servers.log")
+        netns.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr",
+                    "127.0.0.1:8053", "--forward", "off", "--balancer", "nftables",
+                    "--service-cidr", "10.96.0.0/12", log=tmp_path / "sdns.log")
+
+        def api(method: str, path: str, body: str = "{}") -> str:
+            return netns.run("curl", "-sf", "-X", method, "-d", body,
+                             f"http://127.0.0.1:8053{path}")
+
+        wait_until(lambda: _succeeds(lambda: api("GET", "/healthz")), timeout=15)
+        vip = json_field(api("PUT", "/v1/services/default/web",
+                             '{"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}'),
+                         "clusterIP")
+        for i, ip in enumerate(endpoints):
+            api("PUT", f"/v1/services/default/web/endpoints/e{i}", f'{{"ip": "{ip}"}}')
+        wait_until(lambda: netns.run("nft", "list", "table", "inet", "sdns").count(
+            "10.244.5.") == 3, timeout=5)
+        out = netns.run(sys.executable, "-c", CLIENT_SCRIPT, vip, "80", "30")
+        assert ast.literal_eval(out) == {ip: 10 for ip in endpoints}
+        netns.processes[-1].terminate()
+        netns.processes[-1].wait(10)
+        tables = netns.run("nft", "list", "tables")
+        assert "sdns" not in tables  # the table goes with a clean shutdown
+    finally:
+        netns.remove()
+
+
+def _succeeds(call: Callable[[], object]) -> bool:
+    try:
+        call()
+        return True
+    except AssertionError:
+        return False
+
+
+def json_field(text: str, field: str) -> object:
+    import json
+
+    return json.loads(text)[field]
