@@ -4,7 +4,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = ["freshness"]
+BENCHES = ["qps", "startup", "freshness"]
 
 args = sys.argv[1:]
 names = [args.pop(0)] if args and not args[0].startswith("-") else BENCHES
