@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import re
 import statistics
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PERFORMANCE = ROOT / "docs" / "PERFORMANCE.md"
-# The test helpers start sdns, etcd and ZooKeeper the same way for benchmarks.
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def percentile(samples: Sequence[float], pct: float) -> float:
