@@ -20,7 +20,7 @@ from pathlib import Path
 
 from netns import Netns, missing_netns
 from report import median, table, write_section
-from support import SDNS, SdnsProcess, free_port, wait_until
+from support import SdnsProcess, free_port, wait_until
 
 # args: host port. A reply of one byte per connection, or a sink for a stream.
 SINK = """
@@ -110,22 +110,8 @@ def nftables(seconds: int, workdir: Path) -> tuple[dict[str, float], dict[str, f
     try:
         netns.run("ip", "addr", "add", "10.244.5.1/32", "dev", "lo")
         netns.start(sys.executable, "-c", SINK, "10.244.5.1", "8080", log=workdir / "sink.log")
-        netns.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr", "127.0.0.1:8053",
-                    "--forward", "off", "--balancer", "nftables", log=workdir / "sdns.log")
-
-        def api(method: str, path: str, body: str = "{}") -> str:
-            return netns.run("curl", "-sf", "-X", method, "-d", body,
-                             f"http://127.0.0.1:8053{path}")
-
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                api("GET", "/healthz")
-                break
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        api = netns.start_sdns("--forward", "off", "--balancer", "nftables",
+                               log=workdir / "sdns.log")
         vip = json.loads(api("PUT", "/v1/services/bench/sink",
                              '{"ports": [{"name": "tcp", "port": 9000, "targetPort": 8080}]}')
                          )["clusterIP"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+Api = Callable[..., str]
 
 
 def missing_netns() -> str | None:
@@ -49,6 +53,29 @@ class Netns:
                                        stdout=out, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
+
+    def start_sdns(self, *args: str, log: Path) -> Api:
+        """sdns serving DNS on 127.0.0.1:53 and its API on :8053 inside the namespace; returns
+        ``api(method, path, body="{}")``, which calls that API from inside and answers the
+        body, once it is up."""
+        from support import SDNS
+
+        self.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr", "127.0.0.1:8053",
+                   *args, log=log)
+
+        def api(method: str, path: str, body: str = "{}") -> str:
+            return self.run("curl", "-sf", "-X", method, "-d", body,
+                            f"http://127.0.0.1:8053{path}")
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                api("GET", "/healthz")
+                return api
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def remove(self) -> None:
         for process in self.processes:

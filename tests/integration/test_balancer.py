@@ -134,7 +134,6 @@ def test_nftables_round_robin_in_a_namespace(tmp_path) -> None:
     import sys
 
     from netns import Netns, missing_netns
-    from support import SDNS
 
     reason = missing_netns() or (None if shutil.which("nft") else
                                  "nft is not installed (make test installs nftables)")
@@ -147,15 +146,8 @@ def test_nftables_round_robin_in_a_namespace(tmp_path) -> None:
             netns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
             netns.start(sys.executable, "-c", SERVER_SCRIPT, ip, "8080", ip,
                         log=tmp_path / "servers.log")
-        netns.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr",
-                    "127.0.0.1:8053", "--forward", "off", "--balancer", "nftables",
-                    "--service-cidr", "10.96.0.0/12", log=tmp_path / "sdns.log")
-
-        def api(method: str, path: str, body: str = "{}") -> str:
-            return netns.run("curl", "-sf", "-X", method, "-d", body,
-                             f"http://127.0.0.1:8053{path}")
-
-        wait_until(lambda: _succeeds(lambda: api("GET", "/healthz")), timeout=15)
+        api = netns.start_sdns("--forward", "off", "--balancer", "nftables",
+                               "--service-cidr", "10.96.0.0/12", log=tmp_path / "sdns.log")
         vip = json_field(api("PUT", "/v1/services/default/web",
                              '{"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}'),
                          "clusterIP")
@@ -171,14 +163,6 @@ def test_nftables_round_robin_in_a_namespace(tmp_path) -> None:
         assert "sdns" not in tables  # the table goes with a clean shutdown
     finally:
         netns.remove()
-
-
-def _succeeds(call: Callable[[], object]) -> bool:
-    try:
-        call()
-        return True
-    except AssertionError:
-        return False
 
 
 def json_field(text: str, field: str) -> object:

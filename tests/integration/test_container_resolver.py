@@ -10,15 +10,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, WAIT_SCRIPT
-from netns import Netns, missing_netns
+from netns import Api, Netns, missing_netns
 from support import SDNS
 
-Api = Callable[[str, str, str], str]
 
 @pytest.fixture
 def container(tmp_path: Path) -> Iterator[tuple[Netns, Api]]:
@@ -39,23 +38,8 @@ def container(tmp_path: Path) -> Iterator[tuple[Netns, Api]]:
                     "127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
                     "--host-record=example.org,192.0.2.10", "--local=/example.org/",
                     log=tmp_path / "dnsmasq.log")
-        netns.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr",
-                    "127.0.0.1:8053", "--forward", "127.0.0.1:5300", "--balancer", "userspace",
-                    log=tmp_path / "sdns.log")
-
-        def api(method: str, path: str, body: str = "{}") -> str:
-            return netns.run("curl", "-sf", "-X", method, "-d", body,
-                             f"http://127.0.0.1:8053{path}")
-
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                api("GET", "/healthz")
-                break
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        api = netns.start_sdns("--forward", "127.0.0.1:5300", "--balancer", "userspace",
+                               log=tmp_path / "sdns.log")
         yield netns, api
     finally:
         netns.remove()
