@@ -45,23 +45,25 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
 class Server:
     """A server process that can be killed and started again on the same ports and data."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_port: int | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sdns-{type(self).__name__.lower()}-"))
         self.log = self.dir / "server.log"
+        self.client_port = client_port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     @property
-    def port(self) -> int:
-        raise NotImplementedError
+    def endpoint(self) -> str:
+        """Where clients reach it."""
+        return f"127.0.0.1:{self.client_port}"
 
     def start(self) -> Server:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.dir)
-        _wait_for_port(self.port, self.process, self.log, 30)
+        _wait_for_port(self.client_port, self.process, self.log, 30)
         return self
 
     def kill(self) -> None:
@@ -89,19 +91,10 @@ class Etcd(Server):
 
     def __init__(self, name: str = "sdns-test", cluster: dict[str, int] | None = None,
                  client_port: int | None = None, peer_port: int | None = None) -> None:
-        super().__init__()
+        super().__init__(client_port)
         self.name = name
-        self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.cluster = cluster or {name: self.peer_port}
-
-    @property
-    def port(self) -> int:
-        return self.client_port
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
 
     def command(self) -> list[str]:
         initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.cluster.items())
@@ -131,7 +124,6 @@ def _leader_matches(status_json: str) -> bool:
 class ZooKeeper(Server):
     def __init__(self) -> None:
         super().__init__()
-        self.client_port = free_port()
         (self.dir / "data").mkdir()
         (self.dir / "zoo.cfg").write_text(
             "tickTime=500\n"
@@ -141,14 +133,6 @@ class ZooKeeper(Server):
             "admin.enableServer=false\n"
             "minSessionTimeout=1000\nmaxSessionTimeout=20000\n"
         )
-
-    @property
-    def port(self) -> int:
-        return self.client_port
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
 
     def command(self) -> list[str]:
         return ["java", "-cp", ZOOKEEPER_CLASSPATH, f"-Dzookeeper.log.dir={self.dir}",
