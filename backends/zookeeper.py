@@ -42,6 +42,7 @@ from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound, SdnsError
 from sdns.model import Endpoint, Event, Service, ServiceKey
+from sdns.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ class ZooKeeperBackend:
     async def close(self) -> None:
         self._stopping.set()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel(task)
         await asyncio.to_thread(self.zk.stop)
         self.zk.close()
 

@@ -4,7 +4,6 @@ subscribers (the DNS answer cache, later the balancer)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -16,6 +15,7 @@ from typing import Protocol
 from backends import Backend, Compacted, Snapshot
 from sdns.errors import BackendUnavailable, Gone
 from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
+from sdns.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +191,7 @@ class Watcher:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
 
     async def caught_up(self, revision: int, timeout: float = 2.0) -> bool:
         """Wait until the view reflects ``revision``; False when that took too long."""

@@ -13,6 +13,7 @@ from sdns.balancer.proxy import UserspaceProxy
 from sdns.balancer.table import Frontend, frontends, table
 from sdns.balancer.vip import LocalAddresses, route_to_lo
 from sdns.model import Protocol, ServiceKey
+from sdns.tasks import cancel
 from sdns.watch import Change, View
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ class Balancer:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
         if self.mode == "nftables":
             await nft.delete()
             with contextlib.suppress(OSError):
