@@ -14,7 +14,7 @@ from sdns.errors import NotFound
 from sdns.model import Endpoint, Event, Service, ServiceKey
 
 # Events kept for watchers that resume from an older revision.
-HISTORY = 100_000
+HISTORY = 10_000
 
 
 class MemoryBackend:

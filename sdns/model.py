@@ -7,7 +7,7 @@ the backends for storage; ``from_json`` trusts its input (user input goes throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
@@ -80,10 +80,11 @@ class Service:
     external_name: str | None = None  # only for ExternalName services
     session_affinity: SessionAffinity = SessionAffinity.NONE
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    # One key object per service: every map of services shares it instead of a copy each.
+    key: ServiceKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> ServiceKey:
-        return ServiceKey(self.namespace, self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ServiceKey(self.namespace, self.name))
 
     def port(self, name: str) -> ServicePort | None:
         return next((p for p in self.ports if p.name == name), None)

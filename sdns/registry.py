@@ -18,6 +18,15 @@ from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
 ALLOCATION_TRIES = 16
+# Endpoints of a service nearly always share one port map: keep one copy of each.
+_PORT_MAPS: dict[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]] = {}
+PORT_MAPS_KEPT = 10_000
+
+
+def _shared(ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    if len(_PORT_MAPS) < PORT_MAPS_KEPT:
+        return _PORT_MAPS.setdefault(ports, ports)
+    return _PORT_MAPS.get(ports, ports)
 
 
 class Registry:
@@ -86,7 +95,7 @@ class Registry:
             id=request.id,
             ip=request.ip,
             hostname=request.hostname,
-            ports=tuple(sorted(ports.items())),
+            ports=_shared(tuple(sorted(ports.items()))),
             ready=request.ready,
             ttl=request.ttl,
             expires_at=time.time() + request.ttl if request.ttl else None,

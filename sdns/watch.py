@@ -20,6 +20,9 @@ from sdns.tasks import cancel
 log = logging.getLogger(__name__)
 
 
+Holder = tuple[ServiceKey, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one event touched: the service and every address it added or removed."""
@@ -48,8 +51,9 @@ class View:
         self._services: dict[ServiceKey, Service] = {}
         self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
         self._per_namespace: Counter[str] = Counter()
-        # address → (service, endpoint id or None for the clusterIP) that hold it
-        self._by_ip: dict[str, set[tuple[ServiceKey, str | None]]] = {}
+        # address → the (service, endpoint id or None for the clusterIP) holding it; a set only
+        # when several do, as one holder is the rule and a set per address costs 200 bytes
+        self._by_ip: dict[str, Holder | set[Holder]] = {}
         self._cluster_ips: set[str] = set()
 
     def service(self, key: ServiceKey) -> Service | None:
@@ -73,8 +77,11 @@ class View:
     def cluster_ips(self) -> set[str]:
         return self._cluster_ips
 
-    def holders(self, ip: str) -> set[tuple[ServiceKey, str | None]]:
-        return self._by_ip.get(ip, set())
+    def holders(self, ip: str) -> set[Holder]:
+        found = self._by_ip.get(ip)
+        if found is None:
+            return set()
+        return found if isinstance(found, set) else {found}
 
     def load(self, snapshot: Snapshot) -> None:
         self._reset(snapshot.revision)
@@ -116,7 +123,7 @@ class View:
             self._cluster_ips.discard(old.cluster_ip)
         self._services[key] = service
         if service.type is ServiceType.CLUSTER_IP and service.cluster_ip is not None:
-            self._by_ip.setdefault(service.cluster_ip, set()).add((key, None))
+            self._index(service.cluster_ip, (key, None))
             self._cluster_ips.add(service.cluster_ip)
 
     def _delete_service(self, key: ServiceKey) -> None:
@@ -139,19 +146,31 @@ class View:
         if old is not None:
             self._unindex(old.ip, key, old.id)
         endpoints[endpoint.id] = endpoint
-        self._by_ip.setdefault(endpoint.ip, set()).add((key, endpoint.id))
+        self._index(endpoint.ip, (key, endpoint.id))
 
     def _delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self._endpoints.get(key, {}).pop(endpoint_id, None)
         if old is not None:
             self._unindex(old.ip, key, endpoint_id)
 
+    def _index(self, ip: str, holder: Holder) -> None:
+        found = self._by_ip.get(ip)
+        if found is None or found == holder:
+            self._by_ip[ip] = holder
+        elif isinstance(found, set):
+            found.add(holder)
+        else:
+            self._by_ip[ip] = {found, holder}
+
     def _unindex(self, ip: str, key: ServiceKey, endpoint_id: str | None) -> None:
-        holders = self._by_ip.get(ip)
-        if holders is not None:
-            holders.discard((key, endpoint_id))
-            if not holders:
-                del self._by_ip[ip]
+        found = self._by_ip.get(ip)
+        holder = (key, endpoint_id)
+        if found == holder:
+            del self._by_ip[ip]
+        elif isinstance(found, set):
+            found.discard(holder)
+            if len(found) == 1:
+                self._by_ip[ip] = found.pop()
 
 
 # Events kept for watch streams that resume, and how far one stream may fall behind.
