@@ -350,8 +350,9 @@ class ZooKeeperBackend:
         current = await self._get(path)
         if current is None:
             raise gone
-        if not Endpoint.from_json(json.loads(current[0])).ttl:
-            return 0, Endpoint.from_json(json.loads(current[0]))
+        endpoint = Endpoint.from_json(json.loads(current[0]))
+        if not endpoint.ttl:
+            return 0, endpoint  # nothing to renew; the plan reads again under the write lock
         revision = await self._write(plan)
         return revision, renewed[0]
 

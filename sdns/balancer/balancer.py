@@ -10,7 +10,7 @@ from typing import Any
 
 from sdns.balancer import nft
 from sdns.balancer.proxy import UserspaceProxy
-from sdns.balancer.table import Frontend, frontends, table
+from sdns.balancer.table import Frontend, frontends
 from sdns.balancer.vip import LocalAddresses, route_to_lo
 from sdns.model import Protocol, ServiceKey
 from sdns.tasks import cancel
@@ -77,21 +77,19 @@ class Balancer:
             keys = set(self._current) | {s.key for s in self.view.services()}
         else:
             keys, self._dirty = self._dirty, set()
-        if self.mode == "nftables":
-            for key in keys:
-                self._current[key] = frontends(self.view, key)
-            await nft.apply(nft.render(table(self.view)))
-            return
         removed: set[tuple[str, int, Protocol]] = set()
-        wanted: list[Frontend] = []
+        changed: list[Frontend] = []
         for key in keys:
-            before = {f.address for f in self._current.get(key, [])}
+            before = self._current.pop(key, [])
             after = frontends(self.view, key)
-            self._current[key] = after
-            removed |= before - {f.address for f in after}
-            for frontend in after:
-                if await self.addresses.ensure(frontend.vip):
-                    wanted.append(frontend)
+            if after:
+                self._current[key] = after
+            removed |= {f.address for f in before} - {f.address for f in after}
+            changed += after
+        if self.mode == "nftables":
+            await nft.apply(nft.render([f for fs in self._current.values() for f in fs]))
+            return
+        wanted = [f for f in changed if await self.addresses.ensure(f.vip)]
         await self.proxy.apply(wanted, removed)
         still_used = {f.vip for fs in self._current.values() for f in fs}
         for vip in {vip for vip, _, _ in removed} - still_used:

@@ -46,7 +46,3 @@ def frontends(view: View, key: ServiceKey) -> list[Frontend]:
                  service.session_affinity, service.affinity_timeout)
         for port in service.ports
     ]
-
-
-def table(view: View) -> list[Frontend]:
-    return [f for service in view.services() for f in frontends(view, service.key)]
