@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -24,7 +23,7 @@ import aetcd.exceptions
 import grpc
 from aetcd.utils import prefix_range_end
 
-from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot, stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound
 from sdns.model import Endpoint, Event, Service, ServiceKey
@@ -108,12 +107,12 @@ class EtcdBackend:
         """The sdns event for a change to ``path``, or None for keys of no interest."""
         if path.startswith(self._services):
             namespace, name = path[len(self._services):].decode().split("/")
-            service = Service.from_json(json.loads(value)) if put else None
+            service = stored.load_service(value) if put else None
             return Event(revision, "put" if put else "delete", ServiceKey(namespace, name), None,
                          service)
         if path.startswith(self._endpoints):
             namespace, name, endpoint_id = path[len(self._endpoints):].decode().split("/")
-            endpoint = Endpoint.from_json(json.loads(value)) if put else None
+            endpoint = stored.load_endpoint(value) if put else None
             return Event(revision, "put" if put else "delete", ServiceKey(namespace, name),
                          endpoint_id, endpoint)
         return None
@@ -124,30 +123,41 @@ class EtcdBackend:
     async def snapshot(self) -> Snapshot:
         """Every key under the prefix, read in pages at one revision (100,000 services with
         their endpoints are some 90 MB)."""
-        start, end = self._root, prefix_range_end(self._root)
-        snapshot: Snapshot | None = None
-        while True:
-            request = aetcd.rpc.RangeRequest(key=start, range_end=end, limit=SNAPSHOT_PAGE,
-                                             revision=snapshot.revision if snapshot else 0)
-            try:
-                page = await self.client.kvstub.Range(request, timeout=REQUEST_TIMEOUT,
-                                                      metadata=self.client.metadata)
-            except grpc.aio.AioRpcError as error:
-                raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}"
-                                         ) from None
-            if snapshot is None:
-                snapshot = Snapshot(page.header.revision)
-            for kv in page.kvs:
-                event = self._event(0, True, kv.key, kv.value)
-                if event is None:
-                    continue
-                if isinstance(event.value, Service):
-                    snapshot.services.append(event.value)
-                elif isinstance(event.value, Endpoint):
-                    snapshot.endpoints.setdefault(event.key, []).append(event.value)
-            if not page.more or not page.kvs:
-                return snapshot
-            start = page.kvs[-1].key + b"\0"
+        end = prefix_range_end(self._root)
+        page = await self._page(self._root, end, 0)
+        snapshot = Snapshot(page.header.revision)
+        self._add_page(snapshot, page.kvs)
+        while page.more and page.kvs:
+            page = await self._page(page.kvs[-1].key + b"\0", end, snapshot.revision)
+            self._add_page(snapshot, page.kvs)
+        return snapshot
+
+    async def _page(self, start: bytes, end: bytes, revision: int) -> Any:
+        request = aetcd.rpc.RangeRequest(key=start, range_end=end, limit=SNAPSHOT_PAGE,
+                                         revision=revision)
+        try:
+            return await self.client.kvstub.Range(request, timeout=REQUEST_TIMEOUT,
+                                                  metadata=self.client.metadata)
+        except grpc.aio.AioRpcError as error:
+            raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}") from None
+
+    def _add_page(self, snapshot: Snapshot, kvs: Any) -> None:
+        """Decode one page into ``snapshot``. This is most of a start from a large store, so
+        it skips the events and reuses the key of the previous endpoint (they come sorted)."""
+        services, endpoints = self._services, self._endpoints
+        folder: bytes | None = None
+        found: list[Endpoint] = []
+        for kv in kvs:
+            path = kv.key
+            if path.startswith(endpoints):
+                endpoint = stored.load_endpoint(kv.value)
+                if folder is None or not path.startswith(folder):
+                    folder = path[:path.rindex(b"/") + 1]
+                    key = ServiceKey(*folder[len(endpoints):-1].decode().split("/"))
+                    found = snapshot.endpoints.setdefault(key, [])
+                found.append(endpoint)
+            elif path.startswith(services):
+                snapshot.services.append(stored.load_service(kv.value))
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
         watch = await _unavailable(self.client.watch_prefix)(self._root, start_revision=since)
@@ -164,7 +174,7 @@ class EtcdBackend:
     @_unavailable
     async def get_service(self, key: ServiceKey) -> Service | None:
         found = await self.client.get(self._service_key(key))
-        return None if found is None else Service.from_json(json.loads(found.value))
+        return None if found is None else stored.load_service(found.value)
 
     # Writes
 
@@ -181,7 +191,7 @@ class EtcdBackend:
     async def put_service(self, service: Service, *, create: bool = False) -> int:
         key = self._service_key(service.key)
         owner = str(service.key).encode()
-        body = json.dumps(service.to_json()).encode()
+        body = stored.dump(service)
         for _ in range(WRITE_ATTEMPTS):
             current = await self.client.get(key)
             if current is not None and create:
@@ -198,8 +208,7 @@ class EtcdBackend:
                     raise ClusterIPTaken(ip)
                 else:
                     compare.append(self._tx.value(self._ip_key(ip)) == owner)
-            old_ip = None if current is None else Service.from_json(
-                json.loads(current.value)).cluster_ip
+            old_ip = None if current is None else stored.load_service(current.value).cluster_ip
             if old_ip is not None and old_ip != ip:
                 success.append(self._tx.delete(self._ip_key(old_ip)))
             revision = await self._commit(compare, success)
@@ -219,7 +228,7 @@ class EtcdBackend:
                 self._tx.delete(endpoints, range_end=prefix_range_end(endpoints)),
                 self._tx.delete(path),
             ]
-            ip = Service.from_json(json.loads(current.value)).cluster_ip
+            ip = stored.load_service(current.value).cluster_ip
             if ip is not None:
                 success.append(self._tx.delete(self._ip_key(ip)))
             revision = await self._commit([self._tx.mod(path) == current.mod_revision], success)
@@ -233,7 +242,7 @@ class EtcdBackend:
         return await self._put_endpoint(key, endpoint, lease)
 
     async def _put_endpoint(self, key: ServiceKey, endpoint: Endpoint, lease: Any) -> int:
-        body = json.dumps(endpoint.to_json()).encode()
+        body = stored.dump(endpoint)
         revision = await self._commit(
             [self._tx.version(self._service_key(key)) > 0],
             [self._tx.put(self._endpoint_key(key, endpoint.id), body, lease=lease)])
@@ -246,7 +255,7 @@ class EtcdBackend:
         found = await self.client.get(self._endpoint_key(key, endpoint_id))
         if found is None:
             raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
-        endpoint = Endpoint.from_json(json.loads(found.value))
+        endpoint = stored.load_endpoint(found.value)
         if not endpoint.ttl:
             return 0, endpoint
         kept = await self.client.refresh_lease(found.lease)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import threading
 import time
@@ -38,7 +37,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
-from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot, stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound, SdnsError
 from sdns.model import Endpoint, Event, Service, ServiceKey
@@ -191,11 +190,11 @@ class ZooKeeperBackend:
         snapshot = Snapshot(await self._revision())
         services = await self._read_tree(f"{self._root}/services", 2)
         endpoints = await self._read_tree(f"{self._root}/endpoints", 3)
-        snapshot.services.extend(Service.from_json(json.loads(data)) for _, data in services)
+        snapshot.services.extend(stored.load_service(data) for _, data in services)
         self._deadlines.clear()
         self._deadline_heap.clear()
         for (namespace, name, _), data in endpoints:
-            endpoint = Endpoint.from_json(json.loads(data))
+            endpoint = stored.load_endpoint(data)
             key = ServiceKey(namespace, name)
             snapshot.endpoints.setdefault(key, []).append(endpoint)
             self._track(key, endpoint.id, endpoint)
@@ -227,8 +226,7 @@ class ZooKeeperBackend:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
                 continue
-            for item in json.loads(entry[0]):
-                event = Event.from_json(item)
+            for event in stored.load_events(entry[0]):
                 if event.endpoint_id is not None:
                     self._track(event.key, event.endpoint_id, event.value)
                 yield event
@@ -236,7 +234,7 @@ class ZooKeeperBackend:
 
     async def get_service(self, key: ServiceKey) -> Service | None:
         found = await self._get(self._service_path(key))
-        return None if found is None else Service.from_json(json.loads(found[0]))
+        return None if found is None else stored.load_service(found[0])
 
     # Writes
 
@@ -254,7 +252,7 @@ class ZooKeeperBackend:
                 transaction.set_data(self._revision_path, b"", stat.version)
                 for op in ops:
                     getattr(transaction, op.method)(*op.args)
-                entry = json.dumps([e.to_json() for e in events]).encode()
+                entry = stored.dump_events(events)
                 transaction.create(self._log_path(revision), entry)
                 results = await self._bridge(transaction.commit_async)
                 failed = next((i for i, r in enumerate(results) if _failure(r)), None)
@@ -271,7 +269,7 @@ class ZooKeeperBackend:
         await self._ensure(path.rpartition("/")[0])
         await self._ensure(endpoints.rpartition("/")[0])
         owner = str(key).encode()
-        body = json.dumps(service.to_json()).encode()
+        body = stored.dump(service)
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
             current = await self._get(path)
@@ -288,8 +286,7 @@ class ZooKeeperBackend:
                     ops.append(_Op("create", (self._ip_path(ip), owner), ClusterIPTaken(ip)))
                 elif claim[0] != owner:
                     raise ClusterIPTaken(ip)
-            old_ip = None if current is None else Service.from_json(
-                json.loads(current[0])).cluster_ip
+            old_ip = None if current is None else stored.load_service(current[0]).cluster_ip
             if old_ip is not None and old_ip != ip:
                 ops.append(_Op("delete", (self._ip_path(old_ip),)))
             return ops, [Event(revision, "put", key, None, service)]
@@ -308,7 +305,7 @@ class ZooKeeperBackend:
             ops.append(_Op("delete", (path, current[1].version)))
             events = [Event(revision, "delete", key, i) for i in endpoint_ids]
             events.append(Event(revision, "delete", key))
-            ip = Service.from_json(json.loads(current[0])).cluster_ip
+            ip = stored.load_service(current[0]).cluster_ip
             if ip is not None:
                 ops.append(_Op("delete", (self._ip_path(ip),)))
             return ops, events
@@ -317,7 +314,7 @@ class ZooKeeperBackend:
 
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
         path = f"{self._endpoints_path(key)}/{endpoint.id}"
-        body = json.dumps(endpoint.to_json()).encode()
+        body = stored.dump(endpoint)
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
             exists = await self._call("exists", path)
@@ -338,19 +335,19 @@ class ZooKeeperBackend:
             current = await self._get(path)
             if current is None:
                 raise gone
-            endpoint = Endpoint.from_json(json.loads(current[0]))
+            endpoint = stored.load_endpoint(current[0])
             if endpoint.expires_at is not None and endpoint.expires_at <= time.time():
                 raise gone  # past its deadline: the reaper is about to remove it
             endpoint = replace(endpoint, expires_at=time.time() + endpoint.ttl)
             renewed[:] = [endpoint]
-            body = json.dumps(endpoint.to_json()).encode()
+            body = stored.dump(endpoint)
             return ([_Op("set_data", (path, body, current[1].version))],
                     [Event(revision, "put", key, endpoint_id, endpoint)])
 
         current = await self._get(path)
         if current is None:
             raise gone
-        endpoint = Endpoint.from_json(json.loads(current[0]))
+        endpoint = stored.load_endpoint(current[0])
         if not endpoint.ttl:
             return 0, endpoint  # nothing to renew; the plan reads again under the write lock
         revision = await self._write(plan)
@@ -419,7 +416,7 @@ class ZooKeeperBackend:
                 current = await self._get(path)
                 if current is None:
                     raise NotFound("deleted already")
-                endpoint = Endpoint.from_json(json.loads(current[0]))
+                endpoint = stored.load_endpoint(current[0])
                 if endpoint.expires_at is None or endpoint.expires_at > time.time():
                     raise NotFound("renewed")
                 return ([_Op("delete", (path, current[1].version), NotFound("renewed"))],

@@ -32,6 +32,25 @@ class SessionAffinity(StrEnum):
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as kube-proxy
 
+# Decoding hundreds of thousands of stored values at startup: a dict lookup is several times
+# cheaper than calling the enum class.
+_SERVICE_TYPES = {t.value: t for t in ServiceType}
+_PROTOCOLS = {p.value: p for p in Protocol}
+_AFFINITIES = {a.value: a for a in SessionAffinity}
+
+PortMap = tuple[tuple[str, int], ...]
+# Services mostly have one of a few port lists, and the endpoints of a service one port map:
+# decoded values share one copy of each. Bounded, so that odd values cannot grow it for ever.
+SHARED_KEPT = 10_000
+_PORT_MAPS: dict[PortMap, PortMap] = {}
+
+
+def shared_ports(ports: PortMap) -> PortMap:
+    """The one kept copy of an endpoint port map equal to ``ports``."""
+    if len(_PORT_MAPS) < SHARED_KEPT:
+        return _PORT_MAPS.setdefault(ports, ports)
+    return _PORT_MAPS.get(ports, ports)
+
 
 class ServiceKey(NamedTuple):
     namespace: str
@@ -65,7 +84,7 @@ class ServicePort:
         return cls(
             name=data["name"],
             port=data["port"],
-            protocol=Protocol(data.get("protocol", "TCP")),
+            protocol=_PROTOCOLS[data.get("protocol", "TCP")],
             target_port=data.get("targetPort", data["port"]),
         )
 
@@ -104,17 +123,31 @@ class Service:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Service:
-        service_type = ServiceType(data["type"])
+        service_type = _SERVICE_TYPES[data["type"]]
         return cls(
             namespace=data["namespace"],
             name=data["name"],
             type=service_type,
-            ports=tuple(ServicePort.from_json(p) for p in data.get("ports", ())),
+            ports=_service_ports(data.get("ports", [])),
             cluster_ip=data.get("clusterIP") if service_type is ServiceType.CLUSTER_IP else None,
             external_name=data.get("externalName"),
-            session_affinity=SessionAffinity(data.get("sessionAffinity", "None")),
+            session_affinity=_AFFINITIES[data.get("sessionAffinity", "None")],
             affinity_timeout=data.get("sessionAffinityTimeout", DEFAULT_AFFINITY_TIMEOUT),
         )
+
+
+_SERVICE_PORTS: dict[tuple[Any, ...], tuple[ServicePort, ...]] = {}
+
+
+def _service_ports(items: list[dict[str, Any]]) -> tuple[ServicePort, ...]:
+    """The decoded ``ports`` of a service, one copy for every service with the same list."""
+    key = tuple(tuple(item.items()) for item in items)
+    ports = _SERVICE_PORTS.get(key)
+    if ports is None:
+        ports = tuple(ServicePort.from_json(item) for item in items)
+        if len(_SERVICE_PORTS) < SHARED_KEPT:
+            _SERVICE_PORTS[key] = ports
+    return ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +155,7 @@ class Endpoint:
     id: str
     ip: str
     hostname: str
-    ports: tuple[tuple[str, int], ...] = ()  # (port name, number), sorted by name
+    ports: PortMap = ()  # (port name, number), sorted by name
     ready: bool = True
     ttl: int = 0  # seconds; 0 never expires
     expires_at: float | None = None  # Unix time; None when ttl is 0
@@ -145,11 +178,13 @@ class Endpoint:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Endpoint:
         expires_at = data.get("expiresAt")
+        endpoint_id = data["id"]
+        hostname = data.get("hostname") or endpoint_id
         return cls(
-            id=data["id"],
+            id=endpoint_id,
             ip=data["ip"],
-            hostname=data.get("hostname") or data["id"],
-            ports=tuple(sorted(data.get("ports", {}).items())),
+            hostname=endpoint_id if hostname == endpoint_id else hostname,  # one string, not two
+            ports=shared_ports(tuple(sorted(data.get("ports", {}).items()))),
             ready=data.get("ready", True),
             ttl=data.get("ttl", 0),
             expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,

@@ -13,21 +13,20 @@ from backends import Backend, ClusterIPTaken, ServiceExists
 from sdns import validation
 from sdns.cluster_ip import ClusterIPRange
 from sdns.errors import Conflict, Invalid, NotFound
-from sdns.model import Endpoint, Event, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.model import (
+    Endpoint,
+    Event,
+    Protocol,
+    Service,
+    ServiceKey,
+    ServicePort,
+    ServiceType,
+    shared_ports,
+)
 from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
 ALLOCATION_TRIES = 16
-# Endpoints of a service nearly always share one port map: keep one copy of each.
-_PORT_MAPS: dict[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]] = {}
-PORT_MAPS_KEPT = 10_000
-
-
-def _shared(ports: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
-    if len(_PORT_MAPS) < PORT_MAPS_KEPT:
-        return _PORT_MAPS.setdefault(ports, ports)
-    return _PORT_MAPS.get(ports, ports)
-
 
 class Registry:
     def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRange) -> None:
@@ -95,7 +94,7 @@ class Registry:
             id=request.id,
             ip=request.ip,
             hostname=request.hostname,
-            ports=_shared(tuple(sorted(ports.items()))),
+            ports=shared_ports(tuple(sorted(ports.items()))),
             ready=request.ready,
             ttl=request.ttl,
             expires_at=time.time() + request.ttl if request.ttl else None,
