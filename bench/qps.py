@@ -24,9 +24,19 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
-from report import ROOT, median, peak_rss_mb, percentile, rss_mb, table, write_section
+from report import (
+    ROOT,
+    cpu_seconds,
+    median,
+    peak_rss_mb,
+    percentile,
+    rss_mb,
+    table,
+    write_section,
+)
 from support import SdnsProcess, free_port
 
 ZONE = "svc.cluster.local"
@@ -45,6 +55,12 @@ class Run:
     qps: float
     lost: int
     avg_ms: float
+    cpu: float  # the server's CPU time over the run's, in cores
+
+
+class Server(NamedTuple):
+    port: int
+    pid: int
 
 
 class Dnsmasq:
@@ -134,35 +150,39 @@ def query_files(workdir: Path, services: int) -> dict[str, Path]:
     return paths
 
 
-def dnsperf(port: int, queries: Path, seconds: int, rate: int | None = None,
+def dnsperf(server: Server, queries: Path, seconds: int, rate: int | None = None,
             verbose: bool = False, passes: int | None = None) -> tuple[Run, list[float]]:
-    command = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d",
-               str(queries), "-c", str(CLIENTS), "-q", str(OUTSTANDING), "-l", str(seconds)]
+    command = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(server.port),
+               "-d", str(queries), "-c", str(CLIENTS), "-q", str(OUTSTANDING), "-l",
+               str(seconds)]
     if passes:
         command += ["-n", str(passes)]
     if rate:
         command += ["-Q", str(rate)]
     if verbose:
         command.append("-v")
+    cpu_before = cpu_seconds(server.pid)
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                          check=True).stdout
+    cpu = cpu_seconds(server.pid) - cpu_before
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
     avg = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)) * 1000
+    elapsed = float(re.search(r"Run time \(s\):\s+([\d.]+)", out).group(1))
     # "> NOERROR name type 0.000172" per answered query; lost ones carry no latency
     latencies = [float(m.group(1)) * 1000 for m in re.finditer(r"^> \S+ .* ([\d.]+)$", out, re.M)]
-    return Run(qps, lost, avg), latencies
+    return Run(qps, lost, avg, cpu / elapsed), latencies
 
 
-def compare(servers: dict[str, int], queries: Path, rounds: int, seconds: int
+def compare(servers: dict[str, Server], queries: Path, rounds: int, seconds: int
             ) -> dict[str, list[Run]]:
     """Alternate the servers ``rounds`` times on one query file."""
     runs: dict[str, list[Run]] = {name: [] for name in servers}
-    for port in servers.values():  # one pass through the file first: answers are built on a miss
-        dnsperf(port, queries, 60, passes=1)
+    for server in servers.values():  # one pass through the file first: answers are built on
+        dnsperf(server, queries, 60, passes=1)  # a miss
     for _ in range(rounds):
-        for name, port in servers.items():
-            runs[name].append(dnsperf(port, queries, seconds)[0])
+        for name, server in servers.items():
+            runs[name].append(dnsperf(server, queries, seconds)[0])
     return runs
 
 
@@ -216,8 +236,10 @@ def main() -> None:
         loaded_rss = rss_mb(big_sdns.process.pid)
 
         results: dict[str, dict[str, list[Run]]] = {}
-        small = {"dnsmasq": small_dnsmasq.port, "sdns": small_sdns.dns_port}
-        big = {"dnsmasq": big_dnsmasq.port, "sdns": big_sdns.dns_port}
+        small = {"dnsmasq": Server(small_dnsmasq.port, small_dnsmasq.pid),
+                 "sdns": Server(small_sdns.dns_port, small_sdns.process.pid)}
+        big = {"dnsmasq": Server(big_dnsmasq.port, big_dnsmasq.pid),
+               "sdns": Server(big_sdns.dns_port, big_sdns.process.pid)}
         results["hot"] = compare(small, files["hot"], args.rounds, args.seconds)
         results["wide"] = compare(big, files["wide"], args.rounds, args.seconds)
         results["negative"] = compare(big, files["negative"], args.rounds, args.seconds)
@@ -229,18 +251,23 @@ def main() -> None:
         rate = int(median([r.qps for r in results["hot"]["dnsmasq"]]) / 2)
         p99s: dict[str, list[float]] = {name: [] for name in small}
         for _ in range(args.rounds):
-            for name, port in small.items():
-                latencies = dnsperf(port, files["hot"], args.seconds, rate, verbose=True)[1]
+            for name, server in small.items():
+                latencies = dnsperf(server, files["hot"], args.seconds, rate, verbose=True)[1]
                 p99s[name].append(percentile(latencies, 99))
         p99 = {name: median(values) for name, values in p99s.items()}
 
         rows, chart_rows = [], []
         for mix, runs in results.items():
             qps = {name: median([r.qps for r in rs]) for name, rs in runs.items()}
+            # queries per second of server CPU: what the server could answer were the client
+            # not the limit (dnsperf's core is saturated before sdns's is)
+            per_core = {name: median([r.qps / r.cpu for r in rs]) for name, rs in runs.items()}
             for name, rs in runs.items():
                 rows.append((mix, name, f"{qps[name]:,.0f}", max(r.lost for r in rs),
                              f"{median([r.avg_ms for r in rs]):.3f}",
-                             f"{qps[name] / qps['dnsmasq']:.2f}x"))
+                             f"{median([r.cpu for r in rs]):.2f}",
+                             f"{qps[name] / qps['dnsmasq']:.2f}x",
+                             f"{per_core[name] / per_core['dnsmasq']:.2f}x"))
             chart_rows.append((mix, qps["dnsmasq"], qps["sdns"]))
         hot_qps = median([r.qps for r in results["hot"]["sdns"]])
         scale_qps = median([r.qps for r in results[f"hot, {args.services:,} registered"]["sdns"]])
@@ -276,7 +303,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}. dnsperf -c {CLIENTS} -q {OUTSTANDING} on core 1, the "
         "server on core 0, memory backend; medians of the rounds, each round running "
         "dnsmasq then sdns on the same query file. Lost is the worst round.",
-        table(["mix", "server", "QPS", "lost", "avg latency ms", "vs dnsmasq"], rows),
+        table(["mix", "server", "QPS", "lost", "avg latency ms", "server CPU, cores",
+               "QPS vs dnsmasq", "QPS per CPU second vs dnsmasq"], rows),
         table(["figure", "measured", "target"], summary),
         f"![sdns vs dnsmasq]({png.name})",
     ]))
