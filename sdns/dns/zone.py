@@ -198,24 +198,25 @@ class Zone:
         if port is None:
             return None
         service_name = [service.name.encode(), service.namespace.encode(), b"svc", *self.origin]
-        targets: dict[tuple[str, int], list[str]] = {}
-        if service.type is ServiceType.CLUSTER_IP:
-            targets[("", port.port)] = [service.cluster_ip] if service.cluster_ip else []
-        else:
-            for endpoint in ready:
-                targets.setdefault((endpoint.hostname, endpoint.port(port)), []).append(
-                    endpoint.ip)
+        if service.type is ServiceType.CLUSTER_IP:  # one record, to the service's own name
+            target = DNSLabel(service_name)
+            ips = [service.cluster_ip] if service.cluster_ip else []
+            return _Node({QTYPE.SRV: [self._srv(owner, port.port, target)]},
+                         self._address_records(target, ips))
+        # headless: a record per hostname and port of the ready endpoints, to the hostname
+        by_hostname: dict[str, list[Endpoint]] = {}
+        for endpoint in ready:
+            by_hostname.setdefault(endpoint.hostname, []).append(endpoint)
         records, additional = [], []
-        seen_hosts = set()
-        for (hostname, number), ips in targets.items():
-            target = DNSLabel([hostname.encode(), *service_name] if hostname else service_name)
-            records.append(RR(owner, QTYPE.SRV, ttl=self.ttl,
-                              rdata=SRV(0, 100, number, target)))
-            if hostname not in seen_hosts:
-                seen_hosts.add(hostname)
-                ips = [e.ip for e in ready if e.hostname == hostname] if hostname else ips
-                additional.extend(self._address_records(target, ips))
+        for hostname, endpoints in by_hostname.items():
+            target = DNSLabel([hostname.encode(), *service_name])
+            for number in dict.fromkeys(e.port(port) for e in endpoints):
+                records.append(self._srv(owner, number, target))
+            additional.extend(self._address_records(target, [e.ip for e in endpoints]))
         return _Node({QTYPE.SRV: records}, additional)
+
+    def _srv(self, owner: DNSLabel, port: int, target: DNSLabel) -> RR:
+        return RR(owner, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, 100, port, target))
 
     def _pod_node(self, owner: DNSLabel, pod: bytes) -> _Node | frozenset[Tag]:
         text = pod.decode("latin-1")
@@ -248,7 +249,8 @@ class Zone:
         if ip is None:
             return None
         targets: list[DNSLabel] = []
-        for key, endpoint_id in sorted(self.view.holders(ip), key=lambda h: (h[0], h[1] or "")):
+        holders = self.view.holders(ip)
+        for key, endpoint_id in sorted(holders, key=lambda h: (h[0], h[1] or "")):
             service = self.view.service(key)
             if service is None:
                 continue
@@ -262,7 +264,7 @@ class Zone:
         if not targets:
             return None
         owner = DNSLabel(list(labels))
-        tags = {ip_tag(ip)} | {service_tag(key) for key, _ in self.view.holders(ip)}
+        tags = {ip_tag(ip)} | {service_tag(key) for key, _ in holders}
         return _Node({QTYPE.PTR: [RR(owner, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t))
                                   for t in targets]}, tags=tags)
 
