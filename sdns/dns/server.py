@@ -51,6 +51,10 @@ class _UdpServer:
                 if self._stopping:
                     return
                 log.debug("UDP error: %s", error)
+            except Exception:  # a bug must not take UDP down: the thread is all of it
+                if self._stopping:
+                    return
+                log.exception("failed to answer UDP queries; they go unanswered")
 
     def _serve_one_by_one(self) -> None:
         receive, send = self.sock.recvfrom, self.sock.sendto
@@ -67,6 +71,10 @@ class _UdpServer:
                 if self._stopping:
                     return
                 log.debug("UDP error: %s", error)
+            except Exception:  # a bug must not take UDP down: the thread is all of it
+                if self._stopping:
+                    return
+                log.exception("failed to answer UDP queries; they go unanswered")
 
     def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = self.responder.reply(data, True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
@@ -100,5 +101,31 @@ async def test_the_udp_server_answers_a_burst_on_either_path(batched: bool) -> N
                 assert reply.question == query.question
                 assert reply.rcode() == dns.rcode.NXDOMAIN
         client.close()
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
+async def test_a_failure_answering_leaves_udp_serving(batched: bool) -> None:
+    responder = Responder(Zone("cluster.local", 5, View()))
+    cached = responder.cached_reply
+
+    def failing(data: bytes) -> bytes | None:
+        if b"\x04boom" in data:
+            raise RuntimeError("a bug in the hot path")
+        return cached(data)
+
+    responder.cached_reply = failing  # type: ignore[method-assign]
+    server = DnsServer(responder, batched=batched)
+    port = free_port()
+    await server.start(HostPort("127.0.0.1", port))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(dns.message.make_query("boom.cluster.local", "A").to_wire(),
+                          ("127.0.0.1", port))
+        reply = await dns.asyncquery.udp(
+            dns.message.make_query("nx.default.svc.cluster.local", "A"), "127.0.0.1",
+            port=port, timeout=5)
+        assert reply.rcode() == dns.rcode.NXDOMAIN
     finally:
         await server.close()
