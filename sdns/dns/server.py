@@ -47,14 +47,9 @@ class _UdpServer:
                         if reply is None:
                             call_soon(self._answer, received[i], batch.sender(i))
                 batch.send(replies)
-            except OSError as error:
-                if self._stopping:
+            except Exception as error:
+                if self._ends_on(error):
                     return
-                log.debug("UDP error: %s", error)
-            except Exception:  # a bug must not take UDP down: the thread is all of it
-                if self._stopping:
-                    return
-                log.exception("failed to answer UDP queries; they go unanswered")
 
     def _serve_one_by_one(self) -> None:
         receive, send = self.sock.recvfrom, self.sock.sendto
@@ -67,14 +62,20 @@ class _UdpServer:
                     call_soon(self._answer, data, addr)
                 else:
                     send(reply, addr)
-            except OSError as error:
-                if self._stopping:
+            except Exception as error:
+                if self._ends_on(error):
                     return
-                log.debug("UDP error: %s", error)
-            except Exception:  # a bug must not take UDP down: the thread is all of it
-                if self._stopping:
-                    return
-                log.exception("failed to answer UDP queries; they go unanswered")
+
+    def _ends_on(self, error: Exception) -> bool:
+        """Whether the thread ends after ``error``: only when stopping. Anything else is logged
+        and served past, since this thread is all of DNS over UDP."""
+        if self._stopping:
+            return True
+        if isinstance(error, OSError):
+            log.debug("UDP error: %s", error)
+        else:
+            log.error("failed to answer UDP queries; they go unanswered", exc_info=error)
+        return False
 
     def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = self.responder.reply(data, True)
