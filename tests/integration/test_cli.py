@@ -97,3 +97,33 @@ def test_flags_beat_environment_beat_file(tmp_path) -> None:
         assert process.query("web.default.svc.env.example").rcode() == dns.rcode.REFUSED
     finally:
         process.stop()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_dns_on_an_ipv6_address() -> None:
+    port = free_port()
+    process = SdnsProcess("--dns-addr", f"[::1]:{port}").start()
+    try:
+        assert process.api.put("/v1/services/default/web/endpoints/web-1",
+                               {"ip": "10.244.0.9", "ports": {"http": 8080}}).status == 201
+        for transport in ("+notcp", "+notcp", "+tcp"):  # a miss, then from the cache
+            out = subprocess.run(
+                ["dig", "@::1", "-p", str(port), "+time=2", "+tries=1", transport, "+short",
+                 "_http._tcp.web.default.svc.cluster.local", "SRV"],
+                capture_output=True, text=True, timeout=15, check=True).stdout
+            assert out.split()[:3] == ["0", "100", "8080"]
+        nx = subprocess.run(["dig", "@::1", "-p", str(port), "+time=2", "+tries=1",
+                             "nx.default.svc.cluster.local"],
+                            capture_output=True, text=True, timeout=15, check=True).stdout
+        assert "status: NXDOMAIN" in nx
+    finally:
+        process.stop()
