@@ -89,14 +89,11 @@ class View:
         self._reset(snapshot.revision)
         for service in snapshot.services:
             self._put_service(service)
-        index = self._index
         for key, endpoints in snapshot.endpoints.items():
             service = self._services.get(key)
             key = key if service is None else service.key  # one key object per service
-            held = self._endpoints.setdefault(key, {})
             for endpoint in endpoints:
-                held[endpoint.id] = endpoint
-                index(endpoint.ip, (key, endpoint.id))
+                self._put_endpoint(key, endpoint)
 
     def apply(self, event: Event) -> Change:
         self.revision = event.revision
