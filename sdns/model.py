@@ -43,6 +43,7 @@ PortMap = tuple[tuple[str, int], ...]
 # decoded values share one copy of each. Bounded, so that odd values cannot grow it for ever.
 SHARED_KEPT = 10_000
 _PORT_MAPS: dict[PortMap, PortMap] = {}
+_SERVICE_PORTS: dict[tuple[Any, ...], tuple[ServicePort, ...]] = {}
 
 
 def shared_ports(ports: PortMap) -> PortMap:
@@ -134,9 +135,6 @@ class Service:
             session_affinity=_AFFINITIES[data.get("sessionAffinity", "None")],
             affinity_timeout=data.get("sessionAffinityTimeout", DEFAULT_AFFINITY_TIMEOUT),
         )
-
-
-_SERVICE_PORTS: dict[tuple[Any, ...], tuple[ServicePort, ...]] = {}
 
 
 def _service_ports(items: list[dict[str, Any]]) -> tuple[ServicePort, ...]:

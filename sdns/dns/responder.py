@@ -36,7 +36,8 @@ class Responder:
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached; None means "ask ``reply``".
-        The hot path: safe to call from another thread, as it only reads the answer cache."""
+        The hot path, run on the UDP thread: it reads the answer cache and writes only the
+        packet cache."""
         hit = self._packets.get(data[2:])
         if hit is not None and hit[0].valid:
             return data[:2] + hit[1]
