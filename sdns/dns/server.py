@@ -41,7 +41,10 @@ class _UdpServer:
         while not self._stopping:
             try:
                 received = batch.receive()
-                replies = [cached(data) for data in received]
+                try:
+                    replies = [cached(data) for data in received]
+                except Exception:  # a bug: find the query that hits it, and spare the others
+                    replies = [self._cached(data) for data in received]
                 if None in replies:
                     for i, reply in enumerate(replies):
                         if reply is None:
@@ -53,7 +56,7 @@ class _UdpServer:
 
     def _serve_one_by_one(self) -> None:
         receive, send = self.sock.recvfrom, self.sock.sendto
-        cached, call_soon = self.responder.cached_reply, self.loop.call_soon_threadsafe
+        cached, call_soon = self._cached, self.loop.call_soon_threadsafe
         while not self._stopping:
             try:
                 data, addr = receive(65535)
@@ -66,6 +69,15 @@ class _UdpServer:
                 if self._ends_on(error):
                     return
 
+    def _cached(self, data: bytes) -> bytes | None:
+        """The cached reply, or None for the loop to answer: on a miss, and when answering from
+        the cache fails (a bug), so that the loop's own path answers it (SERVFAIL at worst)."""
+        try:
+            return self.responder.cached_reply(data)
+        except Exception:
+            log.exception("failed to answer a query from the cache; the loop answers it")
+            return None
+
     def _ends_on(self, error: Exception) -> bool:
         """Whether the thread ends after ``error``: only when stopping. Anything else is logged
         and served past, since this thread is all of DNS over UDP."""
@@ -74,7 +86,7 @@ class _UdpServer:
         if isinstance(error, OSError):
             log.debug("UDP error: %s", error)
         else:
-            log.error("failed to answer UDP queries; they go unanswered", exc_info=error)
+            log.error("failed to send UDP replies; they go unanswered", exc_info=error)
         return False
 
     def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
