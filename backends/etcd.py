@@ -23,10 +23,11 @@ import aetcd.exceptions
 import grpc
 from aetcd.utils import prefix_range_end
 
-from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot, stored
+from backends import stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound
 from sdns.model import Endpoint, Event, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
 
 P = ParamSpec("P")
 T = TypeVar("T")

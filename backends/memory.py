@@ -8,10 +8,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot
 from sdns.config import Config
 from sdns.errors import NotFound
 from sdns.model import Endpoint, Event, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
 
 # Events kept for watchers that resume from an older revision.
 HISTORY = 10_000

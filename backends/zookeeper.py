@@ -37,10 +37,11 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
-from backends import ClusterIPTaken, Compacted, ServiceExists, Snapshot, stored
+from backends import stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound, SdnsError
 from sdns.model import Endpoint, Event, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
 from sdns.tasks import cancel
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from backends import Backend, ClusterIPTaken, ServiceExists
 from sdns import validation
 from sdns.cluster_ip import ClusterIPRange
 from sdns.errors import Conflict, Invalid, NotFound
@@ -23,6 +22,7 @@ from sdns.model import (
     ServiceType,
     shared_ports,
 )
+from sdns.store import Backend, ClusterIPTaken, ServiceExists
 from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-import backends
+from sdns import store
 from sdns.api.app import make_app
 from sdns.balancer.balancer import Balancer
 from sdns.cluster_ip import ClusterIPRange
@@ -55,7 +55,7 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
     """sdns started with ``config``; stopped in reverse order on exit. Without ``api``, a DNS
     worker: DNS and the watcher that feeds it."""
     async with contextlib.AsyncExitStack() as stack:
-        backend = backends.create(config)
+        backend = store.create(config)
         await backend.start()
         stack.push_async_callback(backend.close)
 

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from backends import Backend, Compacted, Snapshot
 from sdns.errors import BackendUnavailable, Gone
 from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
+from sdns.store import Backend, Compacted, Snapshot
 from sdns.tasks import cancel
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,96 @@
+"""The store: the Backend protocol, the types every backend shares, and how implementations
+are found.
+
+A backend stores services, endpoints and clusterIP claims, expires endpoints whose TTL runs out,
+and publishes every change as one ordered stream of ``Event`` with revisions. Implementations are
+registered under the entry-point group ``sdns.backends`` so another package can add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol
+
+from sdns.errors import Conflict
+from sdns.model import Endpoint, Event, Service, ServiceKey
+
+if TYPE_CHECKING:
+    from sdns.config import Config
+
+ENTRY_POINT_GROUP = "sdns.backends"
+
+
+class ClusterIPTaken(Conflict):
+    def __init__(self, ip: str) -> None:
+        super().__init__(f"clusterIP {ip} is already allocated to another service", "clusterIP")
+
+
+class ServiceExists(Conflict):
+    def __init__(self, key: ServiceKey) -> None:
+        super().__init__(f"service {key} already exists")
+
+
+class Compacted(Exception):
+    """The revision a watch asked to start from is no longer kept: reload a snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    services: list[Service] = field(default_factory=list)
+    endpoints: dict[ServiceKey, list[Endpoint]] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What sdns needs from a store. Writes return the revision of the change they made."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> None:
+        """Return when the store answers; ``BackendUnavailable`` when it does not."""
+        ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    def watch(self, since: int) -> AsyncIterator[Event]:
+        """Every event with revision >= ``since``, in order; raises ``Compacted``."""
+        ...
+
+    async def get_service(self, key: ServiceKey) -> Service | None: ...
+
+    async def put_service(self, service: Service, *, create: bool = False) -> int:
+        """Store ``service``, claiming its clusterIP atomically (``ClusterIPTaken``) and
+        releasing the one it had. With ``create``, fail with ``ServiceExists`` instead of
+        replacing."""
+        ...
+
+    async def delete_service(self, key: ServiceKey) -> int:
+        """Delete the service, its endpoints and its clusterIP claim; ``NotFound``."""
+        ...
+
+    async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
+        """Store ``endpoint``, expiring it at ``expires_at``; ``NotFound`` without service."""
+        ...
+
+    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
+        """Push the endpoint's deadline to now + ttl; ``NotFound`` once it has expired."""
+        ...
+
+    async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int: ...
+
+
+def names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def create(config: Config) -> Backend:
+    """The backend named by ``config.backend``, built from the config."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=config.backend)
+    if not found:
+        raise ValueError(f"unknown backend {config.backend!r} (installed: {', '.join(names())})")
+    factory = next(iter(found)).load()
+    return factory.from_config(config)
