@@ -1,5 +1,6 @@
-"""The watcher: one ordered stream of backend events applied to a local view, then told to
-subscribers (the DNS answer cache, later the balancer)."""
+"""The watcher: one ordered stream of backend events applied to the local view
+(``sdns.view``), then told to subscribers (the DNS answer cache, the balancer) and to watch
+streams."""
 
 from __future__ import annotations
 
@@ -9,29 +10,17 @@ import gc
 import heapq
 import itertools
 import logging
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from typing import Protocol
 
 from sdns.errors import BackendUnavailable, Gone
-from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
+from sdns.model import Event
 from sdns.store import Backend, Compacted, Snapshot
 from sdns.tasks import cancel
+from sdns.view import Change, View, differences
 
 log = logging.getLogger(__name__)
-
-
-Holder = tuple[ServiceKey, str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What one event touched: the service and every address it added or removed."""
-
-    revision: int
-    key: ServiceKey
-    ips: frozenset[str]
 
 
 class Subscriber(Protocol):
@@ -40,141 +29,6 @@ class Subscriber(Protocol):
     def reloaded(self) -> None:
         """The whole view was replaced; forget everything derived from it."""
         ...
-
-
-class View:
-    """The services and endpoints as last seen from the backend, indexed for lookups."""
-
-    def __init__(self) -> None:
-        self._reset(0)
-
-    def _reset(self, revision: int) -> None:
-        self.revision = revision
-        self._services: dict[ServiceKey, Service] = {}
-        self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
-        self._per_namespace: Counter[str] = Counter()
-        # address → the (service, endpoint id or None for the clusterIP) holding it; a set only
-        # when several do, as one holder is the rule and a set per address costs 200 bytes
-        self._by_ip: dict[str, Holder | set[Holder]] = {}
-        self._cluster_ips: set[str] = set()
-
-    def service(self, key: ServiceKey) -> Service | None:
-        return self._services.get(key)
-
-    def services(self) -> Iterable[Service]:
-        return self._services.values()
-
-    def endpoints(self, key: ServiceKey) -> list[Endpoint]:
-        return sorted(self._endpoints.get(key, {}).values(), key=lambda e: e.id)
-
-    def endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
-        return self._endpoints.get(key, {}).get(endpoint_id)
-
-    def ready_endpoints(self, key: ServiceKey) -> list[Endpoint]:
-        return [e for e in self.endpoints(key) if e.ready]
-
-    def has_namespace(self, namespace: str) -> bool:
-        return self._per_namespace[namespace] > 0
-
-    def cluster_ips(self) -> set[str]:
-        return self._cluster_ips
-
-    def holders(self, ip: str) -> set[Holder]:
-        found = self._by_ip.get(ip)
-        if found is None:
-            return set()
-        return found if isinstance(found, set) else {found}
-
-    def load(self, snapshot: Snapshot) -> None:
-        self._reset(snapshot.revision)
-        for service in snapshot.services:
-            self._put_service(service)
-        for key, endpoints in snapshot.endpoints.items():
-            service = self._services.get(key)
-            key = key if service is None else service.key  # one key object per service
-            for endpoint in endpoints:
-                self._put_endpoint(key, endpoint)
-
-    def apply(self, event: Event) -> Change:
-        self.revision = event.revision
-        key = event.key
-        if event.endpoint_id is None:
-            old_service = self._services.get(key)
-            ips = {old_service.cluster_ip} if old_service and old_service.cluster_ip else set()
-            if isinstance(event.value, Service):
-                self._put_service(event.value)
-                ips.add(event.value.cluster_ip or "")
-            else:
-                self._delete_service(key)
-        else:
-            old = self._endpoints.get(key, {}).get(event.endpoint_id)
-            ips = {old.ip} if old else set()
-            if isinstance(event.value, Endpoint):
-                self._put_endpoint(key, event.value)
-                ips.add(event.value.ip)
-            else:
-                self._delete_endpoint(key, event.endpoint_id)
-        ips.discard("")
-        return Change(event.revision, key, frozenset(ips))
-
-    def _put_service(self, service: Service) -> None:
-        key = service.key
-        old = self._services.get(key)
-        if old is None:
-            self._per_namespace[key.namespace] += 1
-        elif old.cluster_ip is not None:
-            self._unindex(old.cluster_ip, key, None)
-            self._cluster_ips.discard(old.cluster_ip)
-        self._services[key] = service
-        if service.type is ServiceType.CLUSTER_IP and service.cluster_ip is not None:
-            self._index(service.cluster_ip, (key, None))
-            self._cluster_ips.add(service.cluster_ip)
-
-    def _delete_service(self, key: ServiceKey) -> None:
-        service = self._services.pop(key, None)
-        if service is None:
-            return
-        self._per_namespace[key.namespace] -= 1
-        if not self._per_namespace[key.namespace]:
-            del self._per_namespace[key.namespace]
-        if service.cluster_ip is not None:
-            self._unindex(service.cluster_ip, key, None)
-            self._cluster_ips.discard(service.cluster_ip)
-        for endpoint_id in list(self._endpoints.get(key, {})):
-            self._delete_endpoint(key, endpoint_id)
-        self._endpoints.pop(key, None)
-
-    def _put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> None:
-        endpoints = self._endpoints.setdefault(key, {})
-        old = endpoints.get(endpoint.id)
-        if old is not None:
-            self._unindex(old.ip, key, old.id)
-        endpoints[endpoint.id] = endpoint
-        self._index(endpoint.ip, (key, endpoint.id))
-
-    def _delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
-        old = self._endpoints.get(key, {}).pop(endpoint_id, None)
-        if old is not None:
-            self._unindex(old.ip, key, endpoint_id)
-
-    def _index(self, ip: str, holder: Holder) -> None:
-        found = self._by_ip.get(ip)
-        if found is None or found == holder:
-            self._by_ip[ip] = holder
-        elif isinstance(found, set):
-            found.add(holder)
-        else:
-            self._by_ip[ip] = {found, holder}
-
-    def _unindex(self, ip: str, key: ServiceKey, endpoint_id: str | None) -> None:
-        found = self._by_ip.get(ip)
-        holder = (key, endpoint_id)
-        if found == holder:
-            del self._by_ip[ip]
-        elif isinstance(found, set):
-            found.discard(holder)
-            if len(found) == 1:
-                self._by_ip[ip] = found.pop()
 
 
 @contextlib.contextmanager
@@ -338,28 +192,6 @@ class Watcher:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
                 future.set_result(None)
-
-
-def differences(view: View, snapshot: Snapshot) -> list[Event]:
-    """Events that take ``view`` to ``snapshot``, all at the snapshot's revision: a service
-    before its endpoints when it appears, after them when it goes."""
-    revision = snapshot.revision
-    services = {s.key: s for s in snapshot.services}
-    endpoints = {key: {e.id: e for e in found} for key, found in snapshot.endpoints.items()}
-    events: list[Event] = []
-    for service in list(view.services()):
-        if service.key not in services:
-            events += [Event(revision, "delete", service.key, e.id)
-                       for e in view.endpoints(service.key)]
-            events.append(Event(revision, "delete", service.key))
-    for key, service in services.items():
-        if view.service(key) != service:
-            events.append(Event(revision, "put", key, None, service))
-        old = {e.id: e for e in view.endpoints(key)}
-        new = endpoints.get(key, {})
-        events += [Event(revision, "delete", key, i) for i in old if i not in new]
-        events += [Event(revision, "put", key, i, e) for i, e in new.items() if old.get(i) != e]
-    return events
 
 
 def _end(queue: asyncio.Queue[Event | None]) -> None:

@@ -14,7 +14,7 @@ from sdns.balancer.table import Frontend, frontends
 from sdns.balancer.vip import LocalAddresses, route_to_lo
 from sdns.model import Protocol, ServiceKey
 from sdns.tasks import cancel
-from sdns.watch import Change, View
+from sdns.view import Change, View
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdns.model import Protocol, ServiceKey, ServiceType, SessionAffinity
-from sdns.watch import View
+from sdns.view import View
 
 
 @dataclass(frozen=True, slots=True)

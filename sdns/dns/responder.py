@@ -11,7 +11,7 @@ from sdns.dns import wire
 from sdns.dns.cache import AnswerCache, Encoded, encode
 from sdns.dns.forward import Forwarder
 from sdns.dns.zone import Zone, change_tags
-from sdns.watch import Change
+from sdns.view import Change
 
 log = logging.getLogger(__name__)
 

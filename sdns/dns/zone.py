@@ -13,7 +13,7 @@ from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSBuffer,
 
 from sdns.dns.wire import NOERROR, NXDOMAIN, QTYPE_ANY
 from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
-from sdns.watch import Change, View
+from sdns.view import Change, View
 
 SCHEMA_VERSION = "1.1.0"
 _REVERSE_V4 = (b"in-addr", b"arpa")

@@ -16,7 +16,7 @@ from sdns.dns import datagrams
 from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
-from sdns.watch import View
+from sdns.view import View
 
 pytestmark = pytest.mark.skipif(not datagrams.AVAILABLE, reason="no recvmmsg in this libc")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from sdns.model import Endpoint, Service, ServiceKey
 from sdns.store import Snapshot
-from sdns.watch import View, differences
+from sdns.view import View, differences
 
 WEB, DB, NEW = ServiceKey("d", "web"), ServiceKey("d", "db"), ServiceKey("d", "new")
 
