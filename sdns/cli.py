@@ -12,8 +12,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from sdns import config as configuration
+from sdns.daemon import StartupError, serve
 from sdns.errors import Invalid, SdnsError
-from sdns.server import StartupError, serve
 
 DESCRIPTION = """\
 sdns: DNS-based service discovery. Services and endpoints registered over the HTTP API
