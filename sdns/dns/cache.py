@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from sdns.dns import wire
+from sdns.dns.wire import RecordType
 from sdns.dns.zone import Answer, Tag
 
 Key = tuple[bytes, int]
@@ -78,14 +79,13 @@ def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
         if answers[pos:pos + 2] != b"\xc0\x0c":
             return None
         rtype, _, _, length = struct.unpack_from(">HHIH", answers, pos + 2)
-        if rtype not in (QTYPE_A, QTYPE_AAAA):
+        if rtype not in (RecordType.A, RecordType.AAAA):
             return None
         records.append(answers[pos:pos + 12 + length])
         pos += 12 + length
     return records if pos == len(answers) else None
 
 
-QTYPE_A, QTYPE_AAAA = 1, 28
 _AUTHORITATIVE = 0x84  # QR and AA
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sdns.config import HostPort
 from sdns.dns import wire
+from sdns.dns.wire import Rcode, RecordType
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Forwarder:
                 log.info("serving a stale answer: %s", error)
                 return cached.reply(data, query, udp, stale=True)
             log.warning("forwarding failed: %s", error)
-            return wire.error_reply(data, wire.SERVFAIL, query)
+            return wire.error_reply(data, Rcode.SERVFAIL, query)
         return fresh.reply(data, query, udp)
 
     async def _shared_lookup(self, key: tuple[bytes, int, int], data: bytes, query: wire.Query
@@ -128,7 +129,7 @@ class Forwarder:
                 failures.append(f"{upstream}: {error or type(error).__name__}")
                 continue
             rcode = reply[3] & 0x0F
-            if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            if rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
                 failures.append(f"{upstream}: rcode {rcode}")
                 continue
             return self._store(query, reply)
@@ -215,12 +216,12 @@ def _without_opt(reply: bytes, question_end: int) -> tuple[bytes, bytes, list[in
         start = pos
         pos = wire.skip_name(reply, pos)
         rtype, _, ttl, length = struct.unpack_from(">HHIH", reply, pos)
-        if rtype == wire.QTYPE_OPT:
+        if rtype == RecordType.OPT:
             opt_span = (start, pos + 10 + length)
         else:
             offsets.append(pos + 4 - question_end)
             ttls.append(ttl)
-            if rtype == 6 and an <= index < an + ns:  # SOA in authority
+            if rtype == RecordType.SOA and an <= index < an + ns:  # SOA in authority
                 minimum = struct.unpack_from(">I", reply, pos + 10 + length - 4)[0]
                 soa_ttl = min(ttl, minimum)
                 soa_offset = pos + 4 - question_end

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from sdns.dns import wire
 from sdns.dns.cache import AnswerCache, Encoded, encode
 from sdns.dns.forward import Forwarder
+from sdns.dns.wire import Rcode, RecordType
 from sdns.dns.zone import Zone, change_tags
 from sdns.view import Change
 
@@ -64,12 +65,12 @@ class Responder:
         """The reply to a query ``reply`` did not answer: forwarded for allowed clients, so that
         sdns is never an open resolver; REFUSED for the others."""
         if self.forwarder is None or not self._is_allowed(client):
-            return wire.error_reply(data, wire.REFUSED, query)
+            return wire.error_reply(data, Rcode.REFUSED, query)
         try:
             return await self.forwarder.reply(data, query, udp)
         except Exception:
             log.exception("failed to forward a query; replying SERVFAIL")
-            return wire.error_reply(data, wire.SERVFAIL, query)
+            return wire.error_reply(data, Rcode.SERVFAIL, query)
 
     def _is_allowed(self, client: str) -> bool:
         allowed = self._allowed.get(client)
@@ -88,30 +89,30 @@ class Responder:
         except wire.Drop:
             return None
         except wire.FormatError:
-            return wire.error_reply(data, wire.FORMERR)
+            return wire.error_reply(data, Rcode.FORMERR)
         try:
             return self._answer(data, query, udp)
         except Exception:
             log.exception("failed to answer a query; replying SERVFAIL")
-            return wire.error_reply(data, wire.SERVFAIL, query)
+            return wire.error_reply(data, Rcode.SERVFAIL, query)
 
     def _answer(self, data: bytes, query: wire.Query, udp: bool) -> bytes | wire.Query:
         if data[2] & 0x78:
-            return wire.error_reply(data, wire.NOTIMP, query)
+            return wire.error_reply(data, Rcode.NOTIMP, query)
         if query.edns_version:
-            return wire.error_reply(data, wire.BADVERS, query)
+            return wire.error_reply(data, Rcode.BADVERS, query)
         key = (query.qname, query.qtype)
         entry = self.cache.get(key)
         if entry is None:
-            if query.qclass != wire.CLASS_IN or query.qtype in (wire.QTYPE_AXFR, wire.QTYPE_IXFR):
-                return wire.error_reply(data, wire.REFUSED, query)
+            if query.qclass != wire.CLASS_IN or query.qtype in (RecordType.AXFR, RecordType.IXFR):
+                return wire.error_reply(data, Rcode.REFUSED, query)
             answer = self.zone.answer(wire.labels(query.qname), query.qtype)
             if answer is None:
                 return query
             entry = encode(query.qname, query.qtype, answer)
             self.cache.put(key, entry)
         elif query.qclass != wire.CLASS_IN:
-            return wire.error_reply(data, wire.REFUSED, query)
+            return wire.error_reply(data, Rcode.REFUSED, query)
         return self._udp_reply(data, query, entry) if udp else entry.reply(data, query, False)
 
     # Subscriber of the watcher

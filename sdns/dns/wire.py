@@ -6,21 +6,45 @@ Nothing here builds a dnslib object; a cached answer is bytes plus a few integer
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
 from typing import NamedTuple
 
+
+class RecordType(IntEnum):
+    """The record types sdns reads or writes (RFC 1035, 3596, 2782, 6891, 1995)."""
+
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    PTR = 12
+    TXT = 16
+    AAAA = 28
+    SRV = 33
+    OPT = 41
+    IXFR = 251
+    AXFR = 252
+    ANY = 255
+
+
+class Rcode(IntEnum):
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16  # extended (EDNS), RFC 6891
+
+
 HEADER = 12
-QTYPE_OPT = 41
-QTYPE_IXFR, QTYPE_AXFR, QTYPE_ANY = 251, 252, 255
 CLASS_IN = 1
 # Our EDNS UDP payload size (DNS flag day 2020).
 EDNS_PAYLOAD = 1232
 PLAIN_UDP_LIMIT = 512
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-BADVERS = 16
-
 _DO = 0x8000
-_OPT_HEAD = struct.pack(">BHH", 0, QTYPE_OPT, EDNS_PAYLOAD)
+_OPT_HEAD = struct.pack(">BHH", 0, RecordType.OPT, EDNS_PAYLOAD)
 OPT = _OPT_HEAD + struct.pack(">IH", 0, 0)
 OPT_DO = _OPT_HEAD + struct.pack(">IH", _DO, 0)
 OPT_BADVERS = _OPT_HEAD + struct.pack(">IH", 1 << 24, 0)
@@ -86,7 +110,7 @@ def _edns(data: bytes, pos: int) -> tuple[bytes | None, int, int]:
             pos += 10 + rdlength
             if pos > len(data):
                 raise FormatError("record data runs past the message")
-            if rtype == QTYPE_OPT:
+            if rtype == RecordType.OPT:
                 if found is not None:
                     raise FormatError("more than one OPT record")
                 version = ttl >> 16 & 0xFF

@@ -9,9 +9,9 @@ import struct
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
+from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
 
-from sdns.dns.wire import NOERROR, NXDOMAIN, QTYPE_ANY
+from sdns.dns.wire import Rcode, RecordType
 from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
 from sdns.view import Change, View
 
@@ -37,7 +37,7 @@ class Soa:
         rr.rdata.pack(buffer)
         data = bytes(buffer.data)
         zone = b"".join(bytes((len(label),)) + label for label in rr.rname.label) + b"\0"
-        return cls(zone, struct.pack(">HHIH", QTYPE.SOA, 1, rr.ttl, len(data)) + data)
+        return cls(zone, struct.pack(">HHIH", RecordType.SOA, 1, rr.ttl, len(data)) + data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ class Zone:
         self._origin_name = DNSLabel(list(self.origin))
         self._ns_name = DNSLabel([b"ns", b"dns", *self.origin])
         self._soas = {
-            zone: RR(DNSLabel(list(zone)), QTYPE.SOA, ttl=ttl, rdata=SOA(
+            zone: RR(DNSLabel(list(zone)), RecordType.SOA, ttl=ttl, rdata=SOA(
                 self._ns_name, DNSLabel([b"hostmaster", *self.origin]),
                 (1, 7200, 1800, 86400, ttl)))
             for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
@@ -110,17 +110,17 @@ class Zone:
             return None
         soa = self._negative[zone]
         if isinstance(node, frozenset):  # the name does not exist; these are its tags
-            return Answer(NXDOMAIN, soa=soa, tags=node)
+            return Answer(Rcode.NXDOMAIN, soa=soa, tags=node)
         tags = frozenset(node.tags)
         records = node.records
-        if qtype == QTYPE_ANY and records:
+        if qtype == RecordType.ANY and records:
             qtype = next(iter(records))  # RFC 8482: one RRset is enough
         if qtype in records:
-            extra = tuple(node.additional) if qtype == QTYPE.SRV else ()
-            return Answer(NOERROR, tuple(records[qtype]), additional=extra, tags=tags)
-        if QTYPE.CNAME in records:
-            return Answer(NOERROR, tuple(records[QTYPE.CNAME]), tags=tags)
-        return Answer(NOERROR, soa=soa, tags=tags)
+            extra = tuple(node.additional) if qtype == RecordType.SRV else ()
+            return Answer(Rcode.NOERROR, tuple(records[qtype]), additional=extra, tags=tags)
+        if RecordType.CNAME in records:
+            return Answer(Rcode.NOERROR, tuple(records[RecordType.CNAME]), tags=tags)
+        return Answer(Rcode.NOERROR, soa=soa, tags=tags)
 
     # The cluster zone
 
@@ -130,11 +130,12 @@ class Zone:
         match relative:
             case ():
                 return _Node({
-                    QTYPE.SOA: [self._soas[self.origin]],
-                    QTYPE.NS: [RR(owner, QTYPE.NS, ttl=self.ttl, rdata=NS(self._ns_name))],
+                    RecordType.SOA: [self._soas[self.origin]],
+                    RecordType.NS: [RR(owner, RecordType.NS, ttl=self.ttl,
+                                       rdata=NS(self._ns_name))],
                 })
             case (b"dns-version",):
-                return _Node({QTYPE.TXT: [RR(owner, QTYPE.TXT, ttl=self.ttl,
+                return _Node({RecordType.TXT: [RR(owner, RecordType.TXT, ttl=self.ttl,
                                              rdata=TXT(SCHEMA_VERSION))]})
             case (b"dns",) | (b"svc",) | (b"pod",) | (_, b"pod"):
                 return _Node()
@@ -183,7 +184,7 @@ class Zone:
     def _service_node(self, owner: DNSLabel, service: Service, ready: list[Endpoint]) -> _Node:
         if service.type is ServiceType.EXTERNAL_NAME:
             target = DNSLabel(service.external_name)
-            return _Node({QTYPE.CNAME: [RR(owner, QTYPE.CNAME, ttl=self.ttl,
+            return _Node({RecordType.CNAME: [RR(owner, RecordType.CNAME, ttl=self.ttl,
                                            rdata=CNAME(target))]})
         if service.type is ServiceType.CLUSTER_IP:
             return self._address_node(owner, [service.cluster_ip] if service.cluster_ip else [])
@@ -201,7 +202,7 @@ class Zone:
         if service.type is ServiceType.CLUSTER_IP:  # one record, to the service's own name
             target = DNSLabel(service_name)
             ips = [service.cluster_ip] if service.cluster_ip else []
-            return _Node({QTYPE.SRV: [self._srv(owner, port.port, target)]},
+            return _Node({RecordType.SRV: [self._srv(owner, port.port, target)]},
                          self._address_records(target, ips))
         # headless: a record per hostname and port of the ready endpoints, to the hostname
         by_hostname: dict[str, list[Endpoint]] = {}
@@ -213,10 +214,10 @@ class Zone:
             for number in dict.fromkeys(e.port(port) for e in endpoints):
                 records.append(self._srv(owner, number, target))
             additional.extend(self._address_records(target, [e.ip for e in endpoints]))
-        return _Node({QTYPE.SRV: records}, additional)
+        return _Node({RecordType.SRV: records}, additional)
 
     def _srv(self, owner: DNSLabel, port: int, target: DNSLabel) -> RR:
-        return RR(owner, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, 100, port, target))
+        return RR(owner, RecordType.SRV, ttl=self.ttl, rdata=SRV(0, 100, port, target))
 
     def _pod_node(self, owner: DNSLabel, pod: bytes) -> _Node | frozenset[Tag]:
         text = pod.decode("latin-1")
@@ -237,8 +238,8 @@ class Zone:
 
     def _address_records(self, owner: DNSLabel, ips: list[str]) -> list[RR]:
         return [
-            RR(owner, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(ip)) if ":" in ip
-            else RR(owner, QTYPE.A, ttl=self.ttl, rdata=A(ip))
+            RR(owner, RecordType.AAAA, ttl=self.ttl, rdata=AAAA(ip)) if ":" in ip
+            else RR(owner, RecordType.A, ttl=self.ttl, rdata=A(ip))
             for ip in ips
         ]
 
@@ -265,7 +266,7 @@ class Zone:
             return None
         owner = DNSLabel(list(labels))
         tags = {ip_tag(ip)} | {service_tag(key) for key, _ in holders}
-        return _Node({QTYPE.PTR: [RR(owner, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t))
+        return _Node({RecordType.PTR: [RR(owner, RecordType.PTR, ttl=self.ttl, rdata=PTR(t))
                                   for t in targets]}, tags=tags)
 
 

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
-from dnslib import QTYPE, RR, A, DNSLabel
+from dnslib import RR, A, DNSLabel
 
 from sdns.dns.cache import AnswerCache, encode
+from sdns.dns.wire import RecordType
 from sdns.dns.zone import Answer
 
 NAME = b"\x03web\x07default\x00"
 
 
 def _entry(tags: frozenset) -> object:
-    rr = RR(DNSLabel("web.default"), QTYPE.A, ttl=5, rdata=A("10.0.0.1"))
-    return encode(NAME, QTYPE.A, Answer(0, (rr,), tags=tags))
+    rr = RR(DNSLabel("web.default"), RecordType.A, ttl=5, rdata=A("10.0.0.1"))
+    return encode(NAME, RecordType.A, Answer(0, (rr,), tags=tags))
 
 
 def test_invalidate_drops_only_tagged_entries() -> None:

@@ -50,7 +50,7 @@ def test_name_over_255_octets_is_formerr() -> None:
 
 def test_error_reply_keeps_id_question_and_opt() -> None:
     data = dns.message.make_query("x.y", "A", use_edns=0).to_wire()
-    reply = dns.message.from_wire(wire.error_reply(data, wire.REFUSED, wire.parse(data)))
+    reply = dns.message.from_wire(wire.error_reply(data, wire.Rcode.REFUSED, wire.parse(data)))
     assert reply.rcode() == 5
     assert reply.question[0].name.to_text() == "x.y."
     assert reply.edns == 0
