@@ -5,7 +5,9 @@ On loopback most of the cost of a cached DNS answer is the kernel's: a responder
 recvfrom and one sendto per query spent 70% of its time in system calls. Taking up to
 ``BATCH`` queries in one call and answering them in one call took sdns's hot mix from 67k to
 107k QPS on one core (medians of 5 alternating dnsperf rounds).
-``AVAILABLE`` is False where the C library lacks the calls; the server then reads one datagram
+``AVAILABLE`` only on Linux, whose ``struct mmsghdr`` layout, ``MSG_WAITFORONE`` value and
+``sockaddr`` layouts this module hard-codes (other systems that have the calls lay them out
+otherwise), and only where its C library has both calls; elsewhere the server reads one datagram
 at a time.
 """
 
@@ -17,6 +19,7 @@ import mmap
 import os
 import socket
 import struct
+import sys
 
 BATCH = 64
 # A UDP payload is at most 65,507 bytes: a slot that size never truncates a query. The pages
@@ -43,7 +46,8 @@ class _Mmsghdr(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-AVAILABLE = hasattr(_libc, "recvmmsg") and hasattr(_libc, "sendmmsg")
+AVAILABLE = (sys.platform == "linux" and hasattr(_libc, "recvmmsg")
+             and hasattr(_libc, "sendmmsg"))
 if AVAILABLE:
     _libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
                                ctypes.c_void_p]

@@ -1,8 +1,17 @@
-"""A query in, a reply out: the path every DNS message takes, whatever its transport."""
+"""A query in, a reply out: the path every DNS message takes, whatever its transport.
+
+Two threads use a Responder, by one rule. The event loop owns the zone and is the only writer
+of the answer cache (``_answer``, ``changed``, ``reloaded``); the UDP thread (``cached_reply``)
+only reads it, and is the only writer of the packet cache, which nothing else touches. Every
+read or write of those maps is one call into C (``get``, a store, ``popitem``) that the GIL
+makes atomic, and an answer dropped by the loop marks its entry ``valid = False`` with one store,
+which the thread checks before serving a packet. The one value both threads write is an
+entry's rotation counter (``Encoded.turn``): a lost update repeats an order of the addresses
+once, and never makes a wrong reply.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 from collections import OrderedDict
@@ -30,8 +39,8 @@ class Responder:
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}
         # Replies by the exact query bytes after the ID: resolvers repeat the same packet, and
-        # then a reply costs one lookup. As many as the answers, oldest out first; it is also
-        # written from the UDP thread, which OrderedDict's single calls allow.
+        # then a reply costs one lookup. As many as the answers, oldest out first; the UDP
+        # thread's alone (see the module docstring).
         self._packets: OrderedDict[bytes, tuple[Encoded, bytes]] = OrderedDict()
         self._packet_entries = max(1, cache_entries)
 
@@ -49,15 +58,13 @@ class Responder:
         if data[2] & 0x78 or query.edns_version or query.qclass != wire.CLASS_IN:
             return None
         entry = self.cache.get((query.qname, query.qtype))
-        return None if entry is None else self._udp_reply(data, query, entry)
-
-    def _udp_reply(self, data: bytes, query: wire.Query, entry: Encoded) -> bytes:
+        if entry is None:
+            return None
         reply = entry.reply(data, query, True)
         if not entry.rotates:
             packets = self._packets
             if len(packets) >= self._packet_entries:
-                with contextlib.suppress(KeyError):  # the other thread took the last one
-                    packets.popitem(last=False)
+                packets.popitem(last=False)
             packets[data[2:]] = (entry, reply[2:])
         return reply
 
@@ -113,7 +120,7 @@ class Responder:
             self.cache.put(key, entry)
         elif query.qclass != wire.CLASS_IN:
             return wire.error_reply(data, Rcode.REFUSED, query)
-        return self._udp_reply(data, query, entry) if udp else entry.reply(data, query, False)
+        return entry.reply(data, query, udp)
 
     # Subscriber of the watcher
 
