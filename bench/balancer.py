@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from netns import Netns, missing_netns
-from report import median, table, write_section
-from support import SdnsProcess, free_port, wait_until
+from bench.report import median, table, write_section
+from tests.helpers.netns import Netns, missing_netns
+from tests.helpers.support import SdnsProcess, free_port, wait_until
 
 # args: host port. A reply of one byte per connection, or a sink for a stream.
 SINK = """

@@ -16,9 +16,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import dns.rcode
-from report import median, percentile, table, write_section
-from servers import Etcd, ZooKeeper, missing_etcd, missing_zookeeper
-from support import SdnsProcess, query
+
+from bench.report import median, percentile, table, write_section
+from tests.helpers.servers import Etcd, ZooKeeper, missing_etcd, missing_zookeeper
+from tests.helpers.support import SdnsProcess, query
 
 BACKENDS = ["memory", "etcd", "zookeeper"]
 POLL_TIMEOUT = 5.0

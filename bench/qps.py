@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import aiohttp
-from report import (
+
+from bench.report import (
     ROOT,
     cpu_seconds,
     median,
@@ -37,7 +38,7 @@ from report import (
     table,
     write_section,
 )
-from support import SdnsProcess, free_port
+from tests.helpers.support import SdnsProcess, free_port, query
 
 ZONE = "svc.cluster.local"
 HOT = 100
@@ -92,7 +93,6 @@ class Dnsmasq:
 
 
 def _wait_answering(port: int, name: str) -> None:
-    from support import query
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

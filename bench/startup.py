@@ -13,13 +13,13 @@ import platform
 import time
 
 import aetcd
-from qps import vip
-from report import median, rss_mb, table, write_section
-from servers import Etcd
-from support import SdnsProcess, query
 
 from backends import stored
+from bench.qps import vip
+from bench.report import median, rss_mb, table, write_section
 from sdns.model import Endpoint, Service, ServicePort
+from tests.helpers.servers import Etcd
+from tests.helpers.support import SdnsProcess, query
 
 BATCH = 64
 

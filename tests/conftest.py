@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from servers import Etcd, ZooKeeper, missing_etcd, missing_zookeeper
-from support import SdnsProcess
+
+from tests.helpers.servers import (
+    Etcd,
+    ZooKeeper,
+    backend_args,
+    missing_etcd,
+    missing_zookeeper,
+)
+from tests.helpers.support import SdnsProcess
 
 BACKENDS = ["memory", "etcd", "zookeeper"]
 
@@ -30,18 +36,6 @@ def zookeeper_server() -> Iterator[ZooKeeper]:
     server = ZooKeeper().start()
     yield server
     server.remove()
-
-
-def backend_args(request: pytest.FixtureRequest, backend: str) -> list[str]:
-    """Flags that put an sdns on ``backend``, under a prefix of its own."""
-    prefix = ["--prefix", f"/sdns-test-{uuid.uuid4().hex[:8]}"]
-    if backend == "etcd":
-        server = request.getfixturevalue("etcd_server")
-        return ["--backend", "etcd", "--etcd-endpoints", server.endpoint, *prefix]
-    if backend == "zookeeper":
-        server = request.getfixturevalue("zookeeper_server")
-        return ["--backend", "zookeeper", "--zk-hosts", server.endpoint, *prefix]
-    return ["--backend", "memory"]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -6,7 +6,8 @@ import ipaddress
 import time
 
 import pytest
-from support import Api, SdnsProcess, wait_until
+
+from tests.helpers.support import Api, SdnsProcess, wait_until
 
 WEB = {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
-from conftest import backend_args
-from servers import Etcd, ZooKeeper, missing_etcd, missing_zookeeper
-from support import Api, SdnsProcess, Watch, query, wait_until
+
+from tests.helpers.servers import Etcd, ZooKeeper, backend_args, missing_etcd, missing_zookeeper
+from tests.helpers.support import SDNS, Api, SdnsProcess, Watch, free_port, query, wait_until
 
 DISTRIBUTED = ["etcd", "zookeeper"]
 MakeSdns = Callable[..., SdnsProcess]
@@ -220,7 +220,6 @@ def test_etcd_cluster_survives_losing_its_leader(make_sdns: MakeSdns, ns: str) -
     reason = missing_etcd()
     if reason:
         pytest.skip(reason)
-    from support import free_port
 
     peers = {f"m{i}": free_port() for i in range(3)}
     members = [Etcd(name, cluster=peers, peer_port=port) for name, port in peers.items()]
@@ -269,7 +268,6 @@ def test_workers_share_the_dns_port(make_sdns: MakeSdns, request: pytest.Fixture
 
 
 def test_workers_need_a_shared_backend() -> None:
-    from support import SDNS
 
     result = subprocess.run([SDNS, "serve", "--workers", "2"], capture_output=True, text=True,
                             timeout=20)

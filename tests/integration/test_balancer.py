@@ -8,8 +8,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
-from endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, TcpEndpoint, UdpEndpoint, connect
-from support import SdnsProcess, wait_until
+
+from tests.helpers.endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, TcpEndpoint, UdpEndpoint, connect
+from tests.helpers.netns import Netns, missing_netns
+from tests.helpers.support import SdnsProcess, wait_until
 
 MakeSdns = Callable[..., SdnsProcess]
 CIDR = "127.96.0.0/16"  # loopback: the userspace proxy needs no privileges
@@ -132,8 +134,6 @@ def test_nftables_round_robin_in_a_namespace(tmp_path) -> None:
     import os
     import shutil
     import sys
-
-    from netns import Netns, missing_netns
 
     reason = missing_netns() or (None if shutil.which("nft") else
                                  "nft is not installed (make test installs nftables)")

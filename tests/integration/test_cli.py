@@ -8,7 +8,8 @@ import subprocess
 
 import dns.rcode
 import pytest
-from support import SDNS, SdnsProcess, free_port
+
+from tests.helpers.support import SDNS, SdnsProcess, free_port
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

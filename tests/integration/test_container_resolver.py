@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, WAIT_SCRIPT
-from netns import Api, Netns, missing_netns
-from support import SDNS
+
+from tests.helpers.endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, WAIT_SCRIPT
+from tests.helpers.netns import Api, Netns, missing_netns
+from tests.helpers.support import SDNS
 
 
 @pytest.fixture

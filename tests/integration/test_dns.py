@@ -13,7 +13,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from support import SdnsProcess, query, wait_until
+
+from tests.helpers.support import SdnsProcess, query, wait_until
 
 ZONE = "svc.cluster.local"
 

@@ -13,8 +13,9 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from support import SdnsProcess, free_port, query, wait_until
-from upstream import FakeUpstream
+
+from tests.helpers.support import SDNS, SdnsProcess, free_port, query, wait_until
+from tests.helpers.upstream import FakeUpstream
 
 MakeSdns = Callable[..., SdnsProcess]
 
@@ -192,7 +193,6 @@ def test_sdns_does_not_forward_to_itself(tmp_path) -> None:
 
 
 def test_resolv_conf_command() -> None:
-    from support import SDNS
 
     out = subprocess.run([SDNS, "resolv-conf", "--namespace", "shop", "--nameserver",
                           "10.96.0.10"], capture_output=True, text=True, check=True).stdout

@@ -9,7 +9,6 @@ import socket
 import dns.message
 import dns.rcode
 import pytest
-from support import free_port
 
 from sdns.config import HostPort
 from sdns.dns import datagrams
@@ -17,6 +16,7 @@ from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
 from sdns.view import View
+from tests.helpers.support import free_port
 
 pytestmark = pytest.mark.skipif(not datagrams.AVAILABLE, reason="no recvmmsg in this libc")
 

@@ -8,9 +8,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from support import free_port
+import pytest
+
+from tests.helpers.support import free_port
 
 ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 
@@ -137,3 +140,15 @@ class ZooKeeper(Server):
     def command(self) -> list[str]:
         return ["java", "-cp", ZOOKEEPER_CLASSPATH, f"-Dzookeeper.log.dir={self.dir}",
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.dir / "zoo.cfg")]
+
+
+def backend_args(request: pytest.FixtureRequest, backend: str) -> list[str]:
+    """Flags that put an sdns on ``backend``, under a prefix of its own."""
+    prefix = ["--prefix", f"/sdns-test-{uuid.uuid4().hex[:8]}"]
+    if backend == "etcd":
+        server = request.getfixturevalue("etcd_server")
+        return ["--backend", "etcd", "--etcd-endpoints", server.endpoint, *prefix]
+    if backend == "zookeeper":
+        server = request.getfixturevalue("zookeeper_server")
+        return ["--backend", "zookeeper", "--zk-hosts", server.endpoint, *prefix]
+    return ["--backend", "memory"]

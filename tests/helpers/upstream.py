@@ -12,7 +12,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-from support import free_port
+
+from tests.helpers.support import free_port
 
 
 class FakeUpstream:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.helpers.support import SDNS
+
 Api = Callable[..., str]
 
 
@@ -58,7 +60,6 @@ class Netns:
         """sdns serving DNS on 127.0.0.1:53 and its API on :8053 inside the namespace; returns
         ``api(method, path, body="{}")``, which calls that API from inside and answers the
         body, once it is up."""
-        from support import SDNS
 
         self.start(SDNS, "serve", "--dns-addr", "127.0.0.1:53", "--api-addr", "127.0.0.1:8053",
                    *args, log=log)

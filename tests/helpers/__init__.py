@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: real sdns processes, store servers, namespaces, peers."""
