@@ -1,4 +1,6 @@
-"""DNS answers as dig and resolvers see them, from a real sdns process."""
+"""DNS answers as dig and resolvers see them, from a real sdns process on every backend: the
+wire, the transports and changes arriving from the store. The schema case by case is in
+tests/unit/test_zone.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from sdns.dns.server import TCP_IDLE_SECONDS
 from tests.helpers.support import SdnsProcess, query, wait_until
 
 ZONE = "svc.cluster.local"
@@ -74,62 +77,16 @@ def test_srv_with_dig_carries_the_a_record(sdns: SdnsProcess, ns: str, web: str,
     ]
 
 
-def test_srv_per_protocol(sdns: SdnsProcess, ns: str, web: str) -> None:
-    reply = sdns.query(f"_dns._udp.web.{ns}.{ZONE}", "SRV")
-    assert values(reply) == [f"0 100 53 web.{ns}.{ZONE}."]
-    assert_negative(sdns.query(f"_http._udp.web.{ns}.{ZONE}", "SRV"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query(f"_nope._tcp.web.{ns}.{ZONE}", "SRV"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query(f"_tcp.web.{ns}.{ZONE}", "SRV"), dns.rcode.NOERROR)
-    assert_negative(sdns.query(f"_http._tcp.web.{ns}.{ZONE}", "A"), dns.rcode.NOERROR)
-
-
 def test_ptr_for_cluster_ip(sdns: SdnsProcess, ns: str, web: str) -> None:
     reverse = ".".join(reversed(web.split("."))) + ".in-addr.arpa"
     assert values(sdns.query(reverse, "PTR")) == [f"web.{ns}.{ZONE}."]
     assert_negative(sdns.query(reverse, "A"), dns.rcode.NOERROR)
 
 
-def test_aaaa_of_an_ipv4_service_is_nodata(sdns: SdnsProcess, ns: str, web: str) -> None:
-    assert_negative(sdns.query(f"web.{ns}.{ZONE}", "AAAA"), dns.rcode.NOERROR)
-    assert_negative(sdns.query(f"web.{ns}.{ZONE}", "TXT"), dns.rcode.NOERROR)
-
-
-def test_cluster_ip_service_has_no_hostname_records(sdns: SdnsProcess, ns: str,
-                                                    web: str) -> None:
-    assert_negative(sdns.query(f"e1.web.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)
-
-
-def test_nxdomain_versus_nodata(sdns: SdnsProcess, ns: str, web: str) -> None:
-    assert_negative(sdns.query(f"nope.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query(f"{ns}.{ZONE}"), dns.rcode.NOERROR)
-    assert_negative(sdns.query(ZONE), dns.rcode.NOERROR)
-    assert_negative(sdns.query(f"no-such-namespace.{ZONE}"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query("nothing.cluster.local"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query(f"a.b.c.web.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)
-
-
 def test_headless_a_and_aaaa_list_ready_endpoints(sdns: SdnsProcess, ns: str,
                                                   headless: None) -> None:
     assert values(sdns.query(f"db.{ns}.{ZONE}")) == ["10.244.1.10"]
     assert values(sdns.query(f"db.{ns}.{ZONE}", "AAAA")) == ["fd00::11"]
-
-
-def test_headless_hostname_records(sdns: SdnsProcess, ns: str, headless: None) -> None:
-    assert values(sdns.query(f"db-0.db.{ns}.{ZONE}")) == ["10.244.1.10"]
-    assert values(sdns.query(f"pet.db.{ns}.{ZONE}", "AAAA")) == ["fd00::11"]
-    assert_negative(sdns.query(f"pet.db.{ns}.{ZONE}", "A"), dns.rcode.NOERROR)
-    assert_negative(sdns.query(f"db-2.db.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)  # not ready
-    assert_negative(sdns.query(f"db-1.db.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)  # named "pet"
-
-
-def test_headless_srv_per_endpoint_and_port(sdns: SdnsProcess, ns: str, headless: None) -> None:
-    reply = sdns.query(f"_sql._tcp.db.{ns}.{ZONE}", "SRV")
-    assert values(reply) == [f"0 100 13306 db-0.db.{ns}.{ZONE}.",
-                             f"0 100 3306 pet.db.{ns}.{ZONE}."]
-    assert names(reply.additional) == [
-        (f"db-0.db.{ns}.{ZONE}.", "A", "10.244.1.10"),
-        (f"pet.db.{ns}.{ZONE}.", "AAAA", "fd00::11"),
-    ]
 
 
 def test_headless_ptr_per_ready_endpoint(sdns: SdnsProcess, ns: str) -> None:
@@ -153,32 +110,6 @@ def test_headless_without_ready_endpoints_is_nxdomain(sdns: SdnsProcess, ns: str
     assert_negative(sdns.query(f"db.{ns}.{ZONE}"), dns.rcode.NXDOMAIN)
     sdns.api.put(f"/v1/services/{ns}/db/endpoints/x", {"ip": "10.1.1.1"})
     assert values(sdns.query(f"db.{ns}.{ZONE}")) == ["10.1.1.1"]
-
-
-def test_external_name_is_a_cname(sdns: SdnsProcess, ns: str) -> None:
-    sdns.api.put(f"/v1/services/{ns}/ext", {"type": "ExternalName",
-                                            "externalName": "db.example.org"})
-    for rdtype in ("A", "AAAA", "CNAME"):
-        reply = sdns.query(f"ext.{ns}.{ZONE}", rdtype)
-        assert names(reply.answer) == [(f"ext.{ns}.{ZONE}.", "CNAME", "db.example.org.")]
-
-
-def test_pod_records(sdns: SdnsProcess) -> None:
-    assert values(sdns.query("10-244-3-4.anyns.pod.cluster.local")) == ["10.244.3.4"]
-    assert values(sdns.query("fd00--1.anyns.pod.cluster.local", "AAAA")) == ["fd00::1"]
-    assert_negative(sdns.query("10-244-3-400.anyns.pod.cluster.local"), dns.rcode.NXDOMAIN)
-    assert_negative(sdns.query("anyns.pod.cluster.local"), dns.rcode.NOERROR)
-
-
-def test_schema_version(sdns: SdnsProcess) -> None:
-    assert values(sdns.query("dns-version.cluster.local", "TXT")) == ['"1.1.0"']
-
-
-def test_apex_soa_and_ns(sdns: SdnsProcess) -> None:
-    soa = sdns.query("cluster.local", "SOA")
-    assert [r.rdtype for r in soa.answer] == [dns.rdatatype.SOA]
-    assert values(sdns.query("cluster.local", "NS")) == ["ns.dns.cluster.local."]
-    assert values(sdns.query("ns.dns.cluster.local")) == ["127.0.0.1"]
 
 
 def test_answers_keep_the_question_case(sdns: SdnsProcess, ns: str, web: str) -> None:
@@ -244,10 +175,10 @@ def test_tcp_carries_several_queries_per_connection(sdns: SdnsProcess, ns: str,
 
 def test_tcp_idle_connection_is_closed(make_sdns) -> None:
     process = make_sdns()  # the transport does not depend on the backend: once is enough
-    with socket.create_connection(("127.0.0.1", process.dns_port), timeout=15) as conn:
+    with socket.create_connection(("127.0.0.1", process.dns_port), timeout=30) as conn:
         start = time.monotonic()
-        assert conn.recv(1) == b""
-        assert 9 <= time.monotonic() - start <= 13
+        assert conn.recv(1) == b"", "closed by sdns, within the socket's 30 s deadline"
+        assert time.monotonic() - start >= TCP_IDLE_SECONDS - 0.5, "not before it was idle"
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:
@@ -356,12 +287,6 @@ def test_other_opcodes_are_notimp(sdns: SdnsProcess, ns: str, web: str) -> None:
     reply = dns.message.from_wire(_udp(sdns.dns_port, message.to_wire()))
     assert reply.rcode() == dns.rcode.NOTIMP
     assert reply.opcode() == dns.opcode.NOTIFY
-
-
-def test_any_gets_a_minimal_answer(sdns: SdnsProcess, ns: str, web: str) -> None:
-    reply = sdns.query(f"web.{ns}.{ZONE}", "ANY")
-    assert names(reply.answer) == [(f"web.{ns}.{ZONE}.", "A", web)]
-    assert_negative(sdns.query(f"nope.{ns}.{ZONE}", "ANY"), dns.rcode.NXDOMAIN)
 
 
 def test_other_classes_and_zone_transfers_are_refused(sdns: SdnsProcess, ns: str,

@@ -1,0 +1,175 @@
+"""The Kubernetes DNS schema, case by case, in-process: a Responder over a Zone over a View
+loaded with one set of services, asked with real DNS messages (dnspython) and read back the
+same way. Adding a case costs a line and a millisecond; the process tests in
+tests/integration/test_dns.py keep the wire, transport and backend paths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from sdns.dns import wire
+from sdns.dns.responder import Responder
+from sdns.dns.zone import Zone
+from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.store import Snapshot
+from sdns.view import View
+
+NS = "default"
+Z = "svc.cluster.local."
+WEB = ServiceKey(NS, "web")
+DB = ServiceKey(NS, "db")
+NOBODY = ServiceKey(NS, "nobody")
+EXT = ServiceKey(NS, "ext")
+
+
+def _snapshot() -> Snapshot:
+    return Snapshot(
+        revision=1,
+        services=[
+            Service(NS, "web", ports=(ServicePort("http", 80, Protocol.TCP, 8080),
+                                      ServicePort("dns", 53, Protocol.UDP)),
+                    cluster_ip="10.96.0.20"),
+            Service(NS, "db", ServiceType.HEADLESS, ports=(ServicePort("sql", 3306),)),
+            Service(NS, "nobody", ServiceType.HEADLESS),
+            Service(NS, "ext", ServiceType.EXTERNAL_NAME, external_name="db.example.org"),
+        ],
+        endpoints={
+            WEB: [Endpoint("e1", "10.244.0.1", "e1")],
+            DB: [Endpoint("db-0", "10.244.1.10", "db-0", ports=(("sql", 13306),)),
+                 Endpoint("db-1", "fd00::11", "pet"),
+                 Endpoint("db-2", "10.244.1.12", "db-2", ready=False)],
+            NOBODY: [Endpoint("x", "10.244.2.1", "x", ready=False)],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def responder() -> Responder:
+    view = View()
+    view.load(_snapshot())
+    return Responder(Zone("cluster.local", 5, view, nameserver="10.96.0.53"))
+
+
+def ask(responder: Responder, name: str, rdtype: str) -> dns.message.Message | None:
+    """The reply, or None when sdns hands the query on to forwarding."""
+    query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
+    reply = responder.reply(query.to_wire(), udp=False)
+    if isinstance(reply, wire.Query):
+        return None
+    assert reply is not None
+    return dns.message.from_wire(reply)
+
+
+def records(section: list) -> list[str]:
+    return sorted(f"{rrset.name} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {rd}"
+                  for rrset in section for rd in rrset)
+
+
+class Case(NamedTuple):
+    name: str
+    rdtype: str
+    rcode: str  # NOERROR with no answer is NODATA
+    answer: Sequence[str] = ()
+    additional: Sequence[str] = ()
+
+
+CASES = [
+    # ClusterIP service: A, SRV per port and protocol, nothing per endpoint
+    Case(f"web.{NS}.{Z}", "A", "NOERROR", [f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"WeB.{NS}.Svc.Cluster.Local.", "A", "NOERROR",
+         [f"WeB.{NS}.Svc.Cluster.Local. 5 A 10.96.0.20"]),
+    Case(f"web.{NS}.{Z}", "AAAA", "NOERROR"),
+    Case(f"web.{NS}.{Z}", "TXT", "NOERROR"),
+    Case(f"web.{NS}.{Z}", "ANY", "NOERROR", [f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"_http._tcp.web.{NS}.{Z}", "SRV", "NOERROR",
+         [f"_http._tcp.web.{NS}.{Z} 5 SRV 0 100 80 web.{NS}.{Z}"],
+         [f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"_dns._udp.web.{NS}.{Z}", "SRV", "NOERROR",
+         [f"_dns._udp.web.{NS}.{Z} 5 SRV 0 100 53 web.{NS}.{Z}"],
+         [f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"_http._udp.web.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    Case(f"_nope._tcp.web.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    Case(f"_tcp.web.{NS}.{Z}", "SRV", "NOERROR"),
+    Case(f"_sctp.web.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    Case(f"_http._tcp.web.{NS}.{Z}", "A", "NOERROR"),
+    Case(f"e1.web.{NS}.{Z}", "A", "NXDOMAIN"),
+    Case(f"a.b.c.web.{NS}.{Z}", "A", "NXDOMAIN"),
+    # headless: every ready endpoint, by hostname too; SRV per hostname and port
+    Case(f"db.{NS}.{Z}", "A", "NOERROR", [f"db.{NS}.{Z} 5 A 10.244.1.10"]),
+    Case(f"db.{NS}.{Z}", "AAAA", "NOERROR", [f"db.{NS}.{Z} 5 AAAA fd00::11"]),
+    Case(f"db-0.db.{NS}.{Z}", "A", "NOERROR", [f"db-0.db.{NS}.{Z} 5 A 10.244.1.10"]),
+    Case(f"pet.db.{NS}.{Z}", "AAAA", "NOERROR", [f"pet.db.{NS}.{Z} 5 AAAA fd00::11"]),
+    Case(f"pet.db.{NS}.{Z}", "A", "NOERROR"),
+    Case(f"db-1.db.{NS}.{Z}", "A", "NXDOMAIN"),  # its hostname is "pet"
+    Case(f"db-2.db.{NS}.{Z}", "A", "NXDOMAIN"),  # not ready
+    Case(f"_sql._tcp.db.{NS}.{Z}", "SRV", "NOERROR",
+         [f"_sql._tcp.db.{NS}.{Z} 5 SRV 0 100 13306 db-0.db.{NS}.{Z}",
+          f"_sql._tcp.db.{NS}.{Z} 5 SRV 0 100 3306 pet.db.{NS}.{Z}"],
+         [f"db-0.db.{NS}.{Z} 5 A 10.244.1.10", f"pet.db.{NS}.{Z} 5 AAAA fd00::11"]),
+    Case(f"nobody.{NS}.{Z}", "A", "NXDOMAIN"),  # headless without a ready endpoint
+    Case(f"_x._tcp.nobody.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    # ExternalName: a CNAME whatever the type
+    Case(f"ext.{NS}.{Z}", "A", "NOERROR", [f"ext.{NS}.{Z} 5 CNAME db.example.org."]),
+    Case(f"ext.{NS}.{Z}", "AAAA", "NOERROR", [f"ext.{NS}.{Z} 5 CNAME db.example.org."]),
+    Case(f"ext.{NS}.{Z}", "CNAME", "NOERROR", [f"ext.{NS}.{Z} 5 CNAME db.example.org."]),
+    Case(f"_http._tcp.ext.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    # names that exist without records, and names that do not exist
+    Case(f"{NS}.{Z}", "A", "NOERROR"),
+    Case(Z, "A", "NOERROR"),
+    Case(f"nope.{NS}.{Z}", "A", "NXDOMAIN"),
+    Case(f"nope.{NS}.{Z}", "ANY", "NXDOMAIN"),
+    Case(f"no-such-namespace.{Z}", "A", "NXDOMAIN"),
+    Case("nothing.cluster.local.", "A", "NXDOMAIN"),
+    # pods, the apex, the schema version
+    Case("10-244-3-4.anyns.pod.cluster.local.", "A", "NOERROR",
+         ["10-244-3-4.anyns.pod.cluster.local. 5 A 10.244.3.4"]),
+    Case("fd00--1.anyns.pod.cluster.local.", "AAAA", "NOERROR",
+         ["fd00--1.anyns.pod.cluster.local. 5 AAAA fd00::1"]),
+    Case("10-244-3-400.anyns.pod.cluster.local.", "A", "NXDOMAIN"),
+    Case("anyns.pod.cluster.local.", "A", "NOERROR"),
+    Case("dns-version.cluster.local.", "TXT", "NOERROR",
+         ['dns-version.cluster.local. 5 TXT "1.1.0"']),
+    Case("cluster.local.", "NS", "NOERROR", ["cluster.local. 5 NS ns.dns.cluster.local."]),
+    Case("ns.dns.cluster.local.", "A", "NOERROR", ["ns.dns.cluster.local. 5 A 10.96.0.53"]),
+    # reverse names of what sdns holds
+    Case("20.0.96.10.in-addr.arpa.", "PTR", "NOERROR",
+         [f"20.0.96.10.in-addr.arpa. 5 PTR web.{NS}.{Z}"]),
+    Case("20.0.96.10.in-addr.arpa.", "A", "NOERROR"),
+    Case("10.1.244.10.in-addr.arpa.", "PTR", "NOERROR",
+         [f"10.1.244.10.in-addr.arpa. 5 PTR db-0.db.{NS}.{Z}"]),
+    Case(".".join(reversed("fd000000000000000000000000000011")) + ".ip6.arpa.", "PTR",
+         "NOERROR", [".".join(reversed("fd000000000000000000000000000011"))
+                     + f".ip6.arpa. 5 PTR pet.db.{NS}.{Z}"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.name} {c.rdtype}" for c in CASES])
+def test_schema(responder: Responder, case: Case) -> None:
+    reply = ask(responder, case.name, case.rdtype)
+    assert reply is not None, "handed on to forwarding"
+    assert dns.rcode.to_text(reply.rcode()) == case.rcode
+    assert reply.flags & dns.flags.AA
+    assert records(reply.answer) == sorted(case.answer)
+    assert records(reply.additional) == sorted(case.additional)
+    if not case.answer:  # NXDOMAIN and NODATA carry the zone's SOA (RFC 2308)
+        assert [rrset.rdtype for rrset in reply.authority] == [dns.rdatatype.SOA]
+
+
+FORWARDED = [
+    ("example.org.", "A"),
+    ("12.1.244.10.in-addr.arpa.", "PTR"),  # a not-ready endpoint's address is not ours
+    ("1.0.0.127.in-addr.arpa.", "PTR"),
+]
+
+
+@pytest.mark.parametrize(("name", "rdtype"), FORWARDED)
+def test_names_sdns_does_not_hold_go_to_forwarding(responder: Responder, name: str,
+                                                   rdtype: str) -> None:
+    assert ask(responder, name, rdtype) is None
