@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -36,6 +35,12 @@ def _accepting(vip: str, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _behind_vip(process: SdnsProcess) -> set[str]:
+    """The ids of the endpoints the balancer sends the first VIP's connections to."""
+    services = process.api.get("/v1/balancer").body["services"]
+    return {e["id"] for e in services[0]["endpoints"]} if services else set()
 
 
 def _register(process: SdnsProcess, servers: list[TcpEndpoint], **service: object) -> str:
@@ -71,12 +76,12 @@ def test_a_deregistered_endpoint_takes_no_new_connection(balanced: SdnsProcess,
                                                          servers: list[TcpEndpoint]) -> None:
     vip = _register(balanced, servers)
     assert balanced.api.delete("/v1/services/default/web/endpoints/e0").status == 204
-    time.sleep(0.1)
+    wait_until(lambda: _behind_vip(balanced) == {"e1", "e2"}, timeout=3)
     got = Counter(connect(vip, 8080) for _ in range(60))
     assert got == {"e1": 30, "e2": 30}
     balanced.api.put("/v1/services/default/web/endpoints/e1",
                      {"ip": "127.0.0.1", "ports": {"http": servers[1].port}, "ready": False})
-    time.sleep(0.1)
+    wait_until(lambda: _behind_vip(balanced) == {"e2"}, timeout=3)
     assert Counter(connect(vip, 8080) for _ in range(10)) == {"e2": 10}
 
 
