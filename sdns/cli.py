@@ -33,40 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = configuration.Config()
     serve_cmd.add_argument("--config", metavar="FILE", help="TOML file, e.g. conf/sdns.toml")
-    serve_cmd.add_argument("--backend",
-                           help=f"where registrations live (default {defaults.backend})")
-    serve_cmd.add_argument("--dns-addr", metavar="HOST:PORT",
-                           help=f"DNS listen address, UDP and TCP (default {defaults.dns_addr})")
-    serve_cmd.add_argument("--api-addr", metavar="HOST:PORT",
-                           help=f"HTTP API listen address (default {defaults.api_addr})")
-    serve_cmd.add_argument("--zone", help=f"cluster domain (default {defaults.zone})")
-    serve_cmd.add_argument("--service-cidr", metavar="CIDR",
-                           help=f"range clusterIPs come from (default {defaults.service_cidr})")
-    serve_cmd.add_argument("--ttl", metavar="SECONDS",
-                           help=f"TTL of DNS records (default {defaults.ttl})")
-    serve_cmd.add_argument("--etcd-endpoints", metavar="HOST:PORT[,...]",
-                           help="etcd members, for --backend etcd "
-                                f"(default {','.join(defaults.etcd_endpoints)})")
-    serve_cmd.add_argument("--zk-hosts", metavar="HOST:PORT[,...]",
-                           help="ZooKeeper servers, for --backend zookeeper "
-                                f"(default {','.join(defaults.zk_hosts)})")
-    serve_cmd.add_argument("--prefix", help="key prefix in etcd or ZooKeeper, so installations "
-                                            f"can share a cluster (default {defaults.prefix})")
-    serve_cmd.add_argument("--forward", metavar="IP[:PORT][,...]|off",
-                           help="upstream servers for names outside the zone (default: the "
-                                "nameservers of /etc/resolv.conf other than sdns itself)")
-    serve_cmd.add_argument("--forward-allow", metavar="CIDR[,...]",
-                           help="clients that may use forwarding (default: loopback and "
-                                "private ranges); others get REFUSED")
-    serve_cmd.add_argument("--serve-stale", metavar="SECONDS",
-                           help="how long past its TTL a forwarded answer may be served while "
-                                "every upstream fails (default 3600)")
-    serve_cmd.add_argument("--balancer", choices=["off", "userspace", "nftables"],
-                           help="what turns connections to clusterIP:port into connections to "
-                                "endpoints (default userspace)")
-    serve_cmd.add_argument("--workers", metavar="N",
-                           help="DNS processes sharing the DNS port (SO_REUSEPORT), each with "
-                                "its own cache; needs etcd or zookeeper (default 1)")
+    for name, setting in configuration.SETTINGS.items():
+        serve_cmd.add_argument("--" + name.replace("_", "-"), metavar=setting.metavar,
+                               choices=setting.choices, help=f"{setting.help} (default "
+                               f"{configuration.default_text(name)})")
     serve_cmd.add_argument("--dns-only", action="store_true", help=argparse.SUPPRESS)
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
@@ -128,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    flags = {name: getattr(args, name) for name in
-             ("backend", "dns_addr", "api_addr", "zone", "service_cidr", "ttl",
-              "etcd_endpoints", "zk_hosts", "prefix", "workers", "forward", "forward_allow",
-              "serve_stale", "balancer")}
+    flags = {name: getattr(args, name) for name in configuration.SETTINGS}
     try:
         config = configuration.load(args.config, os.environ, flags)
         _run(serve(config, worker_argv=None if args.dns_only else _worker_argv(argv)))

@@ -94,9 +94,13 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_network(str(item).strip())) for item in items)
 
 
+BALANCER_MODES = ("off", "userspace", "nftables")
+
+
 def _balancer(value: Any) -> str:
-    if value not in ("off", "userspace", "nftables"):
-        raise ValueError(f"{value!r} is not off, userspace or nftables")
+    if value not in BALANCER_MODES:
+        raise ValueError(f"{value!r} is not {', '.join(BALANCER_MODES[:-1])} or "
+                         f"{BALANCER_MODES[-1]}")
     return str(value)
 
 
@@ -141,25 +145,58 @@ class Config:
                               "zookeeper): the memory backend lives in one process")
 
 
-# How each setting is read from text (environment) or TOML values.
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "backend": str,
-    "dns_addr": host_port,
-    "api_addr": host_port,
-    "zone": _zone,
-    "service_cidr": _cidr,
-    "ttl": _seconds,
-    "etcd_endpoints": _host_list,
-    "zk_hosts": _host_list,
-    "prefix": _prefix,
-    "workers": _workers,
-    "forward": _upstreams,
-    "forward_allow": _networks,
-    "forward_min_ttl": _seconds,
-    "forward_max_ttl": _seconds,
-    "serve_stale": _seconds,
-    "balancer": _balancer,
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How one setting is read from text (environment, flag) or TOML, and told in ``--help``."""
+
+    parse: Callable[[Any], Any]
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    default: str | None = None  # how --help tells the default, when not the value itself
+
+
+# The one table of settings: the file, the environment and the flags all come from it.
+SETTINGS: dict[str, Setting] = {
+    "backend": Setting(str, "where registrations live: memory, etcd, zookeeper, or another "
+                       "installed backend", "NAME"),
+    "dns_addr": Setting(host_port, "DNS listen address, UDP and TCP", "HOST:PORT"),
+    "api_addr": Setting(host_port, "HTTP API listen address", "HOST:PORT"),
+    "zone": Setting(_zone, "cluster domain", "DOMAIN"),
+    "service_cidr": Setting(_cidr, "range clusterIPs come from", "CIDR"),
+    "ttl": Setting(_seconds, "TTL of DNS records, seconds", "SECONDS"),
+    "etcd_endpoints": Setting(_host_list, "etcd members, for --backend etcd",
+                              "HOST:PORT[,...]"),
+    "zk_hosts": Setting(_host_list, "ZooKeeper servers, for --backend zookeeper",
+                        "HOST:PORT[,...]"),
+    "prefix": Setting(_prefix, "key prefix in etcd or ZooKeeper, so installations can share a "
+                      "cluster", "PATH"),
+    "workers": Setting(_workers, "DNS processes sharing the DNS port (SO_REUSEPORT), each with "
+                       "its own cache; needs etcd or zookeeper", "N"),
+    "forward": Setting(_upstreams, "upstream servers for names outside the zone, or off",
+                       "IP[:PORT][,...]|off",
+                       default="the nameservers of /etc/resolv.conf other than sdns itself"),
+    "forward_allow": Setting(_networks, "clients that may use forwarding; others get REFUSED",
+                             "CIDR[,...]", default="loopback and private ranges"),
+    "forward_min_ttl": Setting(_seconds, "shortest time a forwarded answer is cached, seconds",
+                               "SECONDS"),
+    "forward_max_ttl": Setting(_seconds, "longest time a forwarded answer is cached, seconds",
+                               "SECONDS"),
+    "serve_stale": Setting(_seconds, "how long past its TTL a forwarded answer may be served "
+                           "while every upstream fails, seconds", "SECONDS"),
+    "balancer": Setting(_balancer, "what turns connections to clusterIP:port into connections "
+                        "to endpoints", choices=BALANCER_MODES),
 }
+
+
+def default_text(name: str) -> str:
+    """The default of setting ``name`` as a user would write it."""
+    told = SETTINGS[name].default
+    if told is not None:
+        return told
+    value = getattr(Config(), name)
+    return ",".join(value) if isinstance(value, tuple) and not isinstance(value, HostPort) \
+        else str(value)
 
 
 def upstreams(config: Config, resolv_conf: Path = Path("/etc/resolv.conf")) -> list[HostPort]:
@@ -196,7 +233,7 @@ def load(
     values: dict[str, Any] = {}
     if path is not None:
         values.update(_read_file(Path(path)))
-    for name in _PARSERS:
+    for name in SETTINGS:
         env_name = "SDNS_" + name.upper()
         if env and env_name in env:
             values[name] = _parse(name, env[env_name], env_name)
@@ -216,7 +253,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in _PARSERS:
+        if name not in SETTINGS:
             known = ", ".join(setting_names())
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
         values[name] = _parse(name, value, f"{path}: {key}")
@@ -225,6 +262,6 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def _parse(name: str, value: Any, source: str) -> Any:
     try:
-        return _PARSERS[name](value)
+        return SETTINGS[name].parse(value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: {error}") from None

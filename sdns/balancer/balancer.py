@@ -18,8 +18,6 @@ from sdns.view import Change, View
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "userspace", "nftables")
-
 
 class Balancer:
     def __init__(self, mode: str, view: View, service_cidr: str) -> None:
