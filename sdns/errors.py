@@ -40,6 +40,22 @@ class Gone(SdnsError):
     status = 410
 
 
+class NotYetVisible(SdnsError):
+    """The write is in the store, but this replica's view did not reach it in time: reads here
+    may not show it yet. Not a failure, so a 2xx; but not the usual answer either."""
+
+    status = 202
+
+    def __init__(self, revision: int, waited: float) -> None:
+        super().__init__(f"stored at revision {revision}, but this replica did not see it within "
+                         f"{waited:g} s; its reads and DNS answers may not show it yet")
+        self.revision = revision
+
+    def to_json(self) -> dict[str, str | int | bool]:
+        return {"stored": True, "visible": False, "revision": self.revision,
+                "detail": self.reason}
+
+
 class BackendUnavailable(SdnsError):
     status = 503
 

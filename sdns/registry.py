@@ -1,6 +1,8 @@
 """Registration: validates requests, allocates clusterIPs, stamps TTL deadlines, and writes
 through the backend. Reads come from the watcher's view, which every write waits for, so a
-client sees its own write in the API and in DNS as soon as the write returns."""
+client sees its own write in the API and in DNS as soon as the write returns. A write the view
+does not reach within ``visible_within`` seconds answers ``NotYetVisible`` (HTTP 202) instead
+of claiming what did not happen."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from sdns import validation
 from sdns.cluster_ip import ClusterIPRange
-from sdns.errors import Conflict, Invalid, NotFound
+from sdns.errors import Conflict, Invalid, NotFound, NotYetVisible
 from sdns.model import (
     Endpoint,
     Event,
@@ -27,12 +29,17 @@ from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
 ALLOCATION_TRIES = 16
+# How long a write waits for this replica's view to hold it: a client's request timeout is
+# commonly 10 s or more, and a healthy store delivers in milliseconds.
+VISIBLE_WITHIN = 5.0
 
 class Registry:
-    def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRange) -> None:
+    def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRange,
+                 visible_within: float = VISIBLE_WITHIN) -> None:
         self.backend = backend
         self.watcher = watcher
         self.cluster_ips = cluster_ips
+        self.visible_within = visible_within
 
     # Reads
 
@@ -155,4 +162,5 @@ class Registry:
         raise Conflict(f"no free clusterIP left in {self.cluster_ips.network}", "clusterIP")
 
     async def _settle(self, revision: int) -> None:
-        await self.watcher.caught_up(revision)
+        if not await self.watcher.caught_up(revision, self.visible_within):
+            raise NotYetVisible(revision, self.visible_within)

@@ -87,7 +87,7 @@ class Watcher:
         if self._task is not None:
             await cancel(self._task)
 
-    async def caught_up(self, revision: int, timeout: float = 2.0) -> bool:
+    async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until the view reflects ``revision``; False when that took too long."""
         if self.view.revision >= revision:
             return True
