@@ -64,8 +64,9 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
         forwarder = Forwarder(ForwardSettings(
             tuple(forward_to), min_ttl=config.forward_min_ttl, max_ttl=config.forward_max_ttl,
             stale_seconds=config.serve_stale)) if forward_to else None
-        responder = Responder(Zone(config.zone, config.ttl, watcher.view,
-                                   _nameserver(config.dns_addr)),
+        zone = Zone(config.zone, config.ttl, watcher.view, _nameserver(config.dns_addr),
+                    (ipaddress.ip_network(config.service_cidr),))
+        responder = Responder(zone,
                               forwarder=forwarder, allow=config.forward_allow)
         watcher.subscribe(responder)
         await watcher.start()

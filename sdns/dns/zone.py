@@ -79,12 +79,20 @@ def change_tags(change: Change) -> set[Tag]:
     return tags
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class Zone:
-    def __init__(self, origin: str, ttl: int, view: View, nameserver: str | None = None) -> None:
+    """The records of the cluster zone and of the reverse names sdns is authoritative for: the
+    addresses it holds, and every address of the service CIDRs (``service_networks``)."""
+
+    def __init__(self, origin: str, ttl: int, view: View, nameserver: str | None = None,
+                 service_networks: tuple[Network, ...] = ()) -> None:
         self.origin = tuple(label.encode() for label in origin.lower().split("."))
         self.ttl = ttl
         self.view = view
         self.nameserver = nameserver
+        self.service_networks = service_networks
         self._origin_name = DNSLabel(list(self.origin))
         self._ns_name = DNSLabel([b"ns", b"dns", *self.origin])
         self._soas = {
@@ -243,9 +251,10 @@ class Zone:
             for ip in ips
         ]
 
-    # Reverse zones: only the addresses we hold; other names are not ours.
+    # Reverse zones: the addresses we hold, and the service CIDRs, where an address nobody
+    # holds does not exist; other names are not ours.
 
-    def _reverse_node(self, labels: tuple[bytes, ...]) -> _Node | None:
+    def _reverse_node(self, labels: tuple[bytes, ...]) -> _Node | frozenset[Tag] | None:
         ip = _reverse_ip(labels)
         if ip is None:
             return None
@@ -263,6 +272,9 @@ class Zone:
                 if endpoint is not None and endpoint.ready:
                     targets.append(DNSLabel([endpoint.hostname.encode(), *name]))
         if not targets:
+            address = ipaddress.ip_address(ip)
+            if any(address in network for network in self.service_networks):
+                return frozenset({ip_tag(ip)})
             return None
         owner = DNSLabel(list(labels))
         tags = {ip_tag(ip)} | {service_tag(key) for key, _ in holders}

@@ -89,6 +89,15 @@ def test_headless_a_and_aaaa_list_ready_endpoints(sdns: SdnsProcess, ns: str,
     assert values(sdns.query(f"db.{ns}.{ZONE}", "AAAA")) == ["fd00::11"]
 
 
+def test_ptr_in_the_service_cidr_follows_what_holds_the_address(sdns: SdnsProcess,
+                                                                ns: str) -> None:
+    reverse = "7.250.96.10.in-addr.arpa"  # 10.96.250.7, inside the tests' 10.96.0.0/16
+    assert_negative(sdns.query(reverse, "PTR"), dns.rcode.NXDOMAIN)  # cached as such
+    sdns.api.put(f"/v1/services/{ns}/pinned", {"clusterIP": "10.96.250.7"})
+    assert values(sdns.query(reverse, "PTR")) == [f"pinned.{ns}.{ZONE}."]
+    sdns.api.delete(f"/v1/services/{ns}/pinned")
+    assert_negative(sdns.query(reverse, "PTR"), dns.rcode.NXDOMAIN)
+
 def test_headless_ptr_per_ready_endpoint(sdns: SdnsProcess, ns: str) -> None:
     sdns.api.put(f"/v1/services/{ns}/db", {"clusterIP": "None"})
     sdns.api.put(f"/v1/services/{ns}/db/endpoints/db-0", {"ip": "10.246.1.10"})

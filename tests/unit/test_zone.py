@@ -5,6 +5,7 @@ tests/integration/test_dns.py keep the wire, transport and backend paths."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -54,7 +55,9 @@ def _snapshot() -> Snapshot:
 def responder() -> Responder:
     view = View()
     view.load(_snapshot())
-    return Responder(Zone("cluster.local", 5, view, nameserver="10.96.0.53"))
+    return Responder(Zone("cluster.local", 5, view, nameserver="10.96.0.53",
+                          service_networks=(ipaddress.ip_network("10.96.0.0/16"),
+                                            ipaddress.ip_network("fd96::/112"))))
 
 
 def ask(responder: Responder, name: str, rdtype: str) -> dns.message.Message | None:
@@ -147,6 +150,11 @@ CASES = [
     Case(".".join(reversed("fd000000000000000000000000000011")) + ".ip6.arpa.", "PTR",
          "NOERROR", [".".join(reversed("fd000000000000000000000000000011"))
                      + f".ip6.arpa. 5 PTR pet.db.{NS}.{Z}"]),
+    # the service CIDRs' reverse names are ours: an address nobody holds does not exist
+    Case("21.0.96.10.in-addr.arpa.", "PTR", "NXDOMAIN"),
+    Case("255.255.96.10.in-addr.arpa.", "PTR", "NXDOMAIN"),
+    Case(".".join(reversed("fd960000000000000000000000000001")) + ".ip6.arpa.", "PTR",
+         "NXDOMAIN"),
 ]
 
 
@@ -166,6 +174,8 @@ FORWARDED = [
     ("example.org.", "A"),
     ("12.1.244.10.in-addr.arpa.", "PTR"),  # a not-ready endpoint's address is not ours
     ("1.0.0.127.in-addr.arpa.", "PTR"),
+    ("0.0.97.10.in-addr.arpa.", "PTR"),  # just past the service CIDR
+    ("96.10.in-addr.arpa.", "PTR"),  # not an address
 ]
 
 
