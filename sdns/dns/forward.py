@@ -3,7 +3,8 @@
 An upstream query goes out over UDP from a fresh socket (a random source port) with a random ID;
 only a reply with that ID and the same question is taken. A truncated reply is asked again over
 TCP; an upstream that is silent, fails or refuses makes way for the next; when every one has
-failed, an expired answer is served for a while (RFC 8767), else SERVFAIL.
+failed, an expired answer is served for a while (RFC 8767), else SERVFAIL. A reply that does
+not parse completely (``_records``) counts as a failed upstream: it is never cached nor relayed.
 
 Answers are cached by question with their TTLs counting down (clamped to the configured range);
 NXDOMAIN and NODATA by their SOA minimum (RFC 2308). Identical queries in flight share one
@@ -19,6 +20,9 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from dnslib import QTYPE, RD, RDMAP, DNSBuffer
 
 from sdns.config import HostPort
 from sdns.dns import wire
@@ -108,14 +112,18 @@ class Forwarder:
         self._inflight[key] = future
         try:
             result = await self._lookup(data, query)
-        except UpstreamFailed as error:
-            future.set_exception(error)
+        except BaseException as error:
+            # every waiter gets the outcome, whatever ended the lookup: a cancelled one fails
+            # for them, and any other error is theirs too (they reply SERVFAIL)
+            shared = error if isinstance(error, Exception) else UpstreamFailed("lookup cancelled")
+            future.set_exception(shared)
             future.exception()  # retrieved: waiters re-raise it, nobody else has to
             raise
+        else:
+            future.set_result(result)
+            return result
         finally:
             del self._inflight[key]
-        future.set_result(result)
-        return result
 
     async def _lookup(self, data: bytes, query: wire.Query) -> _Cached:
         question = data[wire.HEADER:query.end]
@@ -125,14 +133,12 @@ class Forwarder:
                 reply = await self._ask_udp(upstream, question)
                 if reply[2] & 0x02:  # truncated: the whole answer comes over TCP
                     reply = await self._ask_tcp(upstream, question)
+                rcode = reply[3] & 0x0F
+                if rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+                    raise UpstreamFailed(f"rcode {rcode}")
+                return self._store(query, reply)
             except (OSError, TimeoutError, UpstreamFailed) as error:
                 failures.append(f"{upstream}: {error or type(error).__name__}")
-                continue
-            rcode = reply[3] & 0x0F
-            if rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
-                failures.append(f"{upstream}: rcode {rcode}")
-                continue
-            return self._store(query, reply)
         raise UpstreamFailed("; ".join(failures) or "no upstream servers configured")
 
     def _query_message(self, question: bytes) -> tuple[int, bytes]:
@@ -205,34 +211,78 @@ def _matches(reply: bytes, qid: int, question: bytes) -> bool:
             and reply[4:6] == b"\0\1" and reply[wire.HEADER:end].lower() == question.lower())
 
 
+class _Record(NamedTuple):
+    start: int  # offset of its owner name
+    rtype: int
+    ttl: int
+    data: int  # offset of its data
+    end: int  # offset just past it
+
+
+def _records(reply: bytes, question_end: int) -> list[_Record]:
+    """Every record of an upstream reply after the question, checked to the last byte: as many
+    as the header counts, names that end and never loop, data within its length and of the
+    form its type has (dnslib reads each), nothing after the last record, OPT at most once and
+    only among the additional records. Anything else is ``UpstreamFailed``: a reply that does
+    not parse completely is neither cached nor relayed."""
+    an, ns, ar = struct.unpack_from(">HHH", reply, 6)
+    records: list[_Record] = []
+    pos = question_end
+    try:
+        for index in range(an + ns + ar):
+            start = pos
+            pos = wire.name_end(reply, pos)
+            if pos + 10 > len(reply):
+                raise wire.FormatError(f"record {index} cut short")
+            rtype, _, ttl, length = struct.unpack_from(">HHIH", reply, pos)
+            data, pos = pos + 10, pos + 10 + length
+            if pos > len(reply):
+                raise wire.FormatError(f"record {index} has data past the end of the message")
+            if rtype == RecordType.OPT and (index < an + ns or any(
+                    r.rtype == RecordType.OPT for r in records)):
+                raise wire.FormatError("OPT outside the additional section, or twice")
+            if rtype != RecordType.OPT:
+                _check_data(reply, rtype, data, length)
+            records.append(_Record(start, rtype, ttl, data, pos))
+    except wire.FormatError as error:
+        raise UpstreamFailed(f"malformed reply: {error}") from None
+    if pos != len(reply):
+        raise UpstreamFailed(f"malformed reply: {len(reply) - pos} bytes after the last record")
+    return records
+
+
+def _check_data(reply: bytes, rtype: int, data: int, length: int) -> None:
+    buffer = DNSBuffer(reply)
+    buffer.offset = data
+    try:
+        RDMAP.get(QTYPE.get(rtype, None), RD).parse(buffer, length)
+    except Exception as error:  # whatever dnslib finds wrong in untrusted bytes
+        raise wire.FormatError(f"type {rtype} data does not parse: {error}") from None
+    if buffer.offset != data + length:
+        raise wire.FormatError(f"type {rtype} data does not fill its length")
+
+
 def _without_opt(reply: bytes, question_end: int) -> tuple[bytes, bytes, list[int], int]:
     """The records of ``reply`` without its OPT record: (records, counts, TTL offsets relative
     to the records, the TTL to cache them for). Negative answers live as long as the SOA
     minimum (RFC 2308); a negative answer without SOA is not worth caching (TTL 0)."""
     qd, an, ns, ar = struct.unpack_from(">HHHH", reply, 4)
-    pos, offsets, ttls, opt_span = question_end, [], [], None
-    soa_ttl, soa_offset = None, 0
-    for index in range(an + ns + ar):
-        start = pos
-        pos = wire.skip_name(reply, pos)
-        rtype, _, ttl, length = struct.unpack_from(">HHIH", reply, pos)
-        if rtype == RecordType.OPT:
-            opt_span = (start, pos + 10 + length)
-        else:
-            offsets.append(pos + 4 - question_end)
-            ttls.append(ttl)
-            if rtype == RecordType.SOA and an <= index < an + ns:  # SOA in authority
-                minimum = struct.unpack_from(">I", reply, pos + 10 + length - 4)[0]
-                soa_ttl = min(ttl, minimum)
-                soa_offset = pos + 4 - question_end
-        pos += 10 + length
-    body = reply[question_end:pos]
-    if soa_ttl is not None:  # a negative answer's SOA lives as long as the answer itself
-        body = body[:soa_offset] + struct.pack(">I", soa_ttl) + body[soa_offset + 4:]
-    if opt_span is not None:
-        start, end = opt_span[0] - question_end, opt_span[1] - question_end
-        body = body[:start] + body[end:]
-        offsets = [o if o < start else o - (end - start) for o in offsets]
-        ar -= 1
+    body = bytearray()
+    offsets, ttls = [], []
+    soa_ttl = None
+    for index, record in enumerate(_records(reply, question_end)):
+        if record.rtype == RecordType.OPT:
+            ar -= 1
+            continue
+        offset = len(body) + record.data - 6 - record.start
+        chunk = reply[record.start:record.end]
+        if record.rtype == RecordType.SOA and an <= index < an + ns:  # SOA in authority
+            minimum = struct.unpack_from(">I", reply, record.end - 4)[0]
+            soa_ttl = min(record.ttl, minimum)  # the SOA lives as long as the answer itself
+            chunk = chunk[:offset - len(body)] + struct.pack(">I", soa_ttl) + \
+                chunk[offset - len(body) + 4:]
+        offsets.append(offset)
+        ttls.append(record.ttl)
+        body += chunk
     ttl = min(ttls[:an]) if an else soa_ttl or 0
-    return body, struct.pack(">HHHH", qd, an, ns, ar), offsets, ttl
+    return bytes(body), struct.pack(">HHHH", qd, an, ns, ar), offsets, ttl

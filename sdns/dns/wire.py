@@ -133,6 +133,39 @@ def skip_name(data: bytes, pos: int) -> int:
         pos += length + 1
 
 
+MAX_NAME = 255
+
+
+def name_end(data: bytes, pos: int) -> int:
+    """Where the name at ``pos`` ends, checking it all: labels within the message, pointers
+    only to earlier bytes (so none can loop), at most 255 octets. ``FormatError`` otherwise."""
+    end = None
+    length = 0
+    floor = pos  # a pointer must go before where the name (or the label it jumped to) starts
+    while True:
+        if pos >= len(data):
+            raise FormatError("name runs past the message")
+        size = data[pos]
+        if size & 0xC0 == 0xC0:
+            if pos + 1 >= len(data):
+                raise FormatError("compression pointer cut short")
+            target = (size & 0x3F) << 8 | data[pos + 1]
+            if end is None:
+                end = pos + 2
+            if target >= floor:
+                raise FormatError("compression pointer does not point back")
+            pos = floor = target
+            continue
+        if size & 0xC0:
+            raise FormatError("unknown label type")
+        length += size + 1
+        if length > MAX_NAME:
+            raise FormatError("name longer than 255 octets")
+        if size == 0:
+            return pos + 1 if end is None else end
+        pos += size + 1
+
+
 def labels(qname: bytes) -> tuple[bytes, ...]:
     """The labels of a wire-form name, root excluded."""
     out = []

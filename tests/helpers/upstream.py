@@ -16,10 +16,33 @@ import dns.rrset
 from tests.helpers.support import free_port
 
 
+def _broken(shape: str, good: bytes, negative: bytes) -> bytes:
+    """``good`` (one question, two A records) or ``negative`` (an SOA in authority) broken."""
+    question_end = 12 + good[12:].index(b"\0") + 5
+    if shape == "count":  # a third answer is promised
+        return good[:7] + b"\x03" + good[8:]
+    if shape == "rdlength":  # the last record's data runs past the end
+        return good[:-6] + struct.pack(">H", 40) + good[-4:]
+    if shape == "pointer-loop":  # the first answer's owner points at itself
+        return good[:question_end] + struct.pack(">H", 0xC000 | question_end) + \
+            good[question_end + 2:]
+    if shape == "soa-short":  # the SOA's data stops before its numbers, its length agreeing
+        soa = negative.rindex(b"\x00\x06\x00\x01")  # type SOA, class IN
+        length = struct.unpack_from(">H", negative, soa + 8)[0]
+        return negative[:soa + 8] + struct.pack(">H", length - 12) + negative[soa + 10:-12]
+    if shape == "trailing":  # bytes after the last record
+        return good + b"\x00\x00\x01"
+    raise ValueError(shape)
+
+
+BROKEN = ("count", "rdlength", "pointer-loop", "soa-short", "trailing")
+
+
 class FakeUpstream:
     """``mode``: answer, silent, truncate (UDP says TC, TCP answers), wrong-id (a reply with
     another ID comes first), nxdomain (with an SOA whose minimum is 60), slow (answers after
-    ``delay``)."""
+    ``delay``), or one of ``BROKEN``: a reply that matches the question but whose records are
+    broken, sent after ``delay``."""
 
     def __init__(self, mode: str = "answer", ttl: int = 300, delay: float = 0.3) -> None:
         self.mode, self.ttl, self.delay = mode, ttl, delay
@@ -64,8 +87,19 @@ class FakeUpstream:
             if self.mode == "silent":
                 continue
             query = dns.message.from_wire(data)
-            if self.mode == "slow":
+            if self.mode == "slow" or self.mode in BROKEN:
                 time.sleep(self.delay)
+            if self.mode in BROKEN:
+                negative = dns.message.make_response(query)
+                negative.set_rcode(dns.rcode.NXDOMAIN)
+                negative.authority.append(dns.rrset.from_text(
+                    "example.", 3600, "IN", "SOA",
+                    "ns.example. host.example. 1 7200 900 86400 60"))
+                good = self._answer(query, False)
+                for reply in (good, negative):  # no OPT: the shapes break the last records
+                    reply.use_edns(False)
+                self._udp.sendto(_broken(self.mode, good.to_wire(), negative.to_wire()), addr)
+                continue
             if self.mode == "wrong-id":
                 wrong = self._answer(query, False)
                 wrong.id = (query.id + 1) % 65536

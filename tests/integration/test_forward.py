@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -15,7 +16,7 @@ import dns.rcode
 import pytest
 
 from tests.helpers.support import SDNS, SdnsProcess, free_port, query, wait_until
-from tests.helpers.upstream import FakeUpstream
+from tests.helpers.upstream import BROKEN, FakeUpstream
 
 MakeSdns = Callable[..., SdnsProcess]
 
@@ -161,6 +162,45 @@ def _query_from(source: str, port: int, name: str) -> dns.message.Message:
     message = dns.message.make_query(name, "A")
     return dns.query.udp(message, "127.0.0.1", port=port, timeout=3, source=source)
 
+
+def _ask_together(port: int, name: str, count: int = 20) -> list[dns.message.Message | str]:
+    """``count`` identical queries at once; each reply, or what went wrong with it."""
+    results: list[dns.message.Message | str] = ["not answered"] * count
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = query(port, name)
+        except dns.exception.Timeout:
+            results[i] = "timed out"
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+@pytest.mark.parametrize("shape", BROKEN)
+def test_a_malformed_upstream_reply_fails_every_waiter_cleanly(make_sdns: MakeSdns, upstream,
+                                                                shape: str) -> None:
+    broken = upstream(shape, delay=0.3)  # slow enough for all 20 to share one lookup
+    process = make_sdns("--forward", broken.address)
+    results = _ask_together(process.dns_port, f"{shape}.example.com")
+    assert [r if isinstance(r, str) else dns.rcode.to_text(r.rcode()) for r in results] == \
+        ["SERVFAIL"] * 20
+    assert broken.queries == 1
+
+
+@pytest.mark.parametrize("shape", BROKEN)
+def test_a_malformed_upstream_reply_gives_way_to_the_next(make_sdns: MakeSdns, upstream,
+                                                          shape: str) -> None:
+    broken, good = upstream(shape, delay=0.3), upstream()
+    process = make_sdns("--forward", f"{broken.address},{good.address}")
+    results = _ask_together(process.dns_port, f"{shape}.example.com")
+    assert [r if isinstance(r, str) else answers(r) for r in results] == \
+        [["192.0.2.1", "192.0.2.2"]] * 20
+    assert (broken.queries, good.queries) == (1, 1)
 
 def test_forwarding_only_for_allowed_clients(make_sdns: MakeSdns, upstream) -> None:
     server = upstream()

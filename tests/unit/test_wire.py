@@ -54,3 +54,26 @@ def test_error_reply_keeps_id_question_and_opt() -> None:
     assert reply.rcode() == 5
     assert reply.question[0].name.to_text() == "x.y."
     assert reply.edns == 0
+
+
+@pytest.mark.parametrize(("data", "pos", "end"), [
+    (b"\x03www\x07example\x00", 0, 13),
+    (b"\x07example\x00\x03www\xc0\x00", 9, 15),  # a label, then a pointer back
+    (b"\x00", 0, 1),
+])
+def test_name_end(data: bytes, pos: int, end: int) -> None:
+    assert wire.name_end(data, pos) == end
+
+
+@pytest.mark.parametrize(("data", "pos"), [
+    (b"\x03www", 0),  # runs past the message
+    (b"\xc0\x00", 0),  # points at itself
+    (b"\x01a\xc0\x04\x01b\xc0\x00", 4),  # two pointers that point at each other
+    (b"\x01a\xc0", 0),  # pointer cut short
+    (b"\x41abc\x00", 0),  # reserved label type
+    (b"\x3f" + b"a" * 63 + b"\x3f" + b"b" * 63 + b"\x3f" + b"c" * 63 + b"\x3f" + b"d" * 63
+     + b"\x00", 0),  # 257 octets
+])
+def test_name_end_refuses_broken_names(data: bytes, pos: int) -> None:
+    with pytest.raises(wire.FormatError):
+        wire.name_end(data, pos)
