@@ -26,8 +26,8 @@ class Encoded:
     ``valid`` turns False when the cache drops the entry, so that copies held elsewhere (the
     packet cache of the responder) know to stop serving it."""
 
-    __slots__ = ("counts", "counts_edns", "flags", "records", "rest", "tags", "truncated_flags",
-                 "turn", "valid")
+    __slots__ = ("counts", "counts_edns", "flags", "records", "rest", "short", "tags",
+                 "truncated_flags", "turn", "valid")
 
     def __init__(self, packed: bytes, question_end: int, tags: frozenset[Tag]) -> None:
         self.flags = packed[2:4]
@@ -36,6 +36,9 @@ class Encoded:
         qd, an, ns, ar = struct.unpack(">HHHH", self.counts)
         self.counts_edns = struct.pack(">HHHH", qd, an, ns, ar + 1)
         self.rest = packed[question_end:]
+        # the reply without its additional records, for a UDP client whose limit they pass
+        self.short = None if ar == 0 else (
+            self.rest[:wire.records_end(packed, question_end, an + ns) - question_end])
         self.tags = tags
         self.valid = True
         self.turn = 0
@@ -60,6 +63,11 @@ class Encoded:
         else:
             reply = query[:2] + flags + self.counts_edns + question + rest + opt
         if udp and len(reply) > parsed.udp_limit:
+            if self.short is not None:  # RFC 2181 section 9: additional records are optional
+                counts = wire.without_additional(self.counts, opt is not None)
+                reply = query[:2] + flags + counts + question + self.short + (opt or b"")
+                if len(reply) <= parsed.udp_limit:
+                    return reply
             return self._truncated(query, question, opt)
         return reply
 

@@ -50,12 +50,15 @@ class ForwardSettings:
 class _Cached:
     """An upstream reply with its ID, question and OPT taken out, and where its TTLs are."""
 
-    __slots__ = ("body", "counts", "expires", "flags", "stored", "ttl_offsets")
+    __slots__ = ("body", "counts", "expires", "flags", "short", "stored", "ttl_offsets")
 
     def __init__(self, flags: bytes, counts: bytes, body: bytes, ttl_offsets: list[int],
                  ttl: int) -> None:
         self.flags, self.counts, self.body = flags, counts, body
         self.ttl_offsets = ttl_offsets
+        _, an, ns, ar = struct.unpack(">HHHH", counts)
+        # where the additional records start, for a UDP client whose limit they pass
+        self.short = None if ar == 0 else wire.records_end(body, 0, an + ns)
         self.stored = time.monotonic()
         self.expires = self.stored + ttl
 
@@ -70,7 +73,12 @@ class _Cached:
         opt = parsed.opt or b""
         counts = struct.pack(">HHHH", qd, an, ns, ar + (1 if opt else 0))
         flags = bytes((self.flags[0] & 0xFE | query[2] & 1, self.flags[1]))
-        reply = query[:2] + flags + counts + query[wire.HEADER:parsed.end] + bytes(body) + opt
+        question = query[wire.HEADER:parsed.end]
+        reply = query[:2] + flags + counts + question + bytes(body) + opt
+        if udp and len(reply) > parsed.udp_limit and self.short is not None:
+            # RFC 2181 section 9: additional records are optional, TC is for the answer
+            counts = wire.without_additional(counts, bool(opt))
+            reply = query[:2] + flags + counts + question + bytes(body[:self.short]) + opt
         if udp and len(reply) > parsed.udp_limit:
             counts = struct.pack(">HHHH", 1, 0, 0, 1 if opt else 0)
             flags = bytes((flags[0] | 0x02, flags[1]))

@@ -133,6 +133,21 @@ def skip_name(data: bytes, pos: int) -> int:
         pos += length + 1
 
 
+def records_end(data: bytes, pos: int, count: int) -> int:
+    """Where the ``count`` records starting at ``pos`` end (``data`` is trusted: ours, or an
+    upstream reply already checked)."""
+    for _ in range(count):
+        pos = skip_name(data, pos)
+        pos += 10 + (data[pos + 8] << 8 | data[pos + 9])
+    return pos
+
+
+def without_additional(counts: bytes, opt: bool) -> bytes:
+    """Section counts with the additional records left out but OPT (RFC 2181 section 9: what
+    does not fit there is dropped without setting TC)."""
+    return counts[:6] + (b"\0\1" if opt else b"\0\0")
+
+
 MAX_NAME = 255
 
 

@@ -28,6 +28,10 @@ WEB = ServiceKey(NS, "web")
 DB = ServiceKey(NS, "db")
 NOBODY = ServiceKey(NS, "nobody")
 EXT = ServiceKey(NS, "ext")
+WIDE = ServiceKey(NS, "wide")
+# hostnames long enough that the SRV answer of "wide" fits 512 bytes, its addresses not
+WIDE_HOSTS = [f"replica-{i:02d}-set" for i in range(6)]  # SRV targets are not compressed
+BIG = ServiceKey(NS, "big")  # 40 addresses: over 512 bytes as an A answer
 
 
 def _snapshot() -> Snapshot:
@@ -40,6 +44,8 @@ def _snapshot() -> Snapshot:
             Service(NS, "db", ServiceType.HEADLESS, ports=(ServicePort("sql", 3306),)),
             Service(NS, "nobody", ServiceType.HEADLESS),
             Service(NS, "ext", ServiceType.EXTERNAL_NAME, external_name="db.example.org"),
+            Service(NS, "wide", ServiceType.HEADLESS, ports=(ServicePort("sql", 3306),)),
+            Service(NS, "big", ServiceType.HEADLESS),
         ],
         endpoints={
             WEB: [Endpoint("e1", "10.244.0.1", "e1")],
@@ -47,6 +53,8 @@ def _snapshot() -> Snapshot:
                  Endpoint("db-1", "fd00::11", "pet"),
                  Endpoint("db-2", "10.244.1.12", "db-2", ready=False)],
             NOBODY: [Endpoint("x", "10.244.2.1", "x", ready=False)],
+            WIDE: [Endpoint(f"w{i}", f"10.244.5.{i}", host) for i, host in enumerate(WIDE_HOSTS)],
+            BIG: [Endpoint(f"b{i}", f"10.244.6.{i}", f"b{i}") for i in range(40)],
         },
     )
 
@@ -183,3 +191,35 @@ FORWARDED = [
 def test_names_sdns_does_not_hold_go_to_forwarding(responder: Responder, name: str,
                                                    rdtype: str) -> None:
     assert ask(responder, name, rdtype) is None
+
+
+def ask_udp(responder: Responder, name: str, rdtype: str, **make: object
+            ) -> tuple[int, dns.message.Message]:
+    query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), **make)
+    reply = responder.reply(query.to_wire(), udp=True)
+    assert isinstance(reply, bytes)
+    return len(reply), dns.message.from_wire(reply)
+
+
+@pytest.mark.parametrize("edns", [{}, {"use_edns": 0, "payload": 512}])
+def test_udp_drops_additional_records_that_do_not_fit_without_tc(responder: Responder,
+                                                                   edns: dict) -> None:
+    """RFC 2181 section 9: TC says the answer is incomplete, not the additional section."""
+    size, reply = ask_udp(responder, f"_sql._tcp.wide.{NS}.{Z}", "SRV", **edns)
+    assert size <= 512
+    assert not reply.flags & dns.flags.TC
+    assert len(records(reply.answer)) == len(WIDE_HOSTS)
+    assert reply.additional == []
+    assert (reply.edns == 0) == bool(edns)
+    _, whole = ask_udp(responder, f"_sql._tcp.wide.{NS}.{Z}", "SRV", use_edns=0, payload=1232)
+    assert len(records(whole.additional)) == len(WIDE_HOSTS)
+
+
+def test_udp_sets_tc_when_the_answer_itself_does_not_fit(responder: Responder) -> None:
+    size, reply = ask_udp(responder, f"big.{NS}.{Z}", "A")
+    assert size <= 512
+    assert reply.flags & dns.flags.TC
+    assert reply.answer == []
+    _, whole = ask_udp(responder, f"big.{NS}.{Z}", "A", use_edns=0, payload=1232)
+    assert not whole.flags & dns.flags.TC
+    assert len(records(whole.answer)) == 40
