@@ -110,7 +110,7 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
     record = DNSRecord(
         DNSHeader(id=0, qr=1, aa=1, rd=0, ra=0, rcode=answer.rcode),
         q=DNSQuestion(DNSLabel(list(wire.labels(qname))), qtype),
-        rr=list(answer.answer), ar=list(answer.additional),
+        rr=list(answer.answer), auth=list(answer.authority), ar=list(answer.additional),
     )
     return Encoded(record.pack(), question_end, answer.tags)
 

@@ -16,6 +16,7 @@ from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
 from sdns.view import Change, View
 
 SCHEMA_VERSION = "1.1.0"
+MAX_CNAMES = 8  # CNAMEs followed inside the zone for one answer
 _REVERSE_V4 = (b"in-addr", b"arpa")
 _REVERSE_V6 = (b"ip6", b"arpa")
 _PROTOCOL_LABELS = {b"_" + p.value.lower().encode(): p for p in Protocol}
@@ -42,12 +43,14 @@ class Soa:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """Records for a question; with no records, ``soa`` makes it a negative answer."""
+    """Records for a question; with no records, ``soa`` makes it a negative answer (one that
+    follows CNAMEs has its SOA in ``authority`` instead)."""
 
     rcode: int
     answer: tuple[RR, ...] = ()
     additional: tuple[RR, ...] = ()
     soa: Soa | None = None
+    authority: tuple[RR, ...] = ()
     tags: frozenset[Tag] = frozenset()
 
 
@@ -101,34 +104,61 @@ class Zone:
                 (1, 7200, 1800, 86400, ttl)))
             for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
         }
-        self._negative = {zone: Soa.of(rr) for zone, rr in self._soas.items()}
+        self._negative_soas = {zone: Soa.of(rr) for zone, rr in self._soas.items()}
 
     def answer(self, labels: tuple[bytes, ...], qtype: int) -> Answer | None:
-        """The answer for a lowercased name, or None when the name is not ours."""
+        """The answer for a lowercased name, or None when the name is not ours. A CNAME to a
+        name of the cluster zone (an ExternalName service pointing inside) is followed, as an
+        authoritative server does (RFC 1034 4.3.2 step 3a), for at most ``MAX_CNAMES``; a loop
+        ends with the CNAMEs found so far."""
+        found = self._node(labels)
+        if found is None:
+            return None
+        chain: list[RR] = []
+        tags: set[Tag] = set()
+        seen = {labels}
+        while True:
+            zone, node = found
+            if isinstance(node, frozenset):  # the name does not exist; these are its tags
+                return self._negative(Rcode.NXDOMAIN, zone, chain, tags | node)
+            tags |= node.tags
+            records = node.records
+            if qtype == RecordType.ANY and records:
+                qtype = next(iter(records))  # RFC 8482: one RRset is enough
+            if qtype in records:
+                extra = tuple(node.additional) if qtype == RecordType.SRV else ()
+                return Answer(Rcode.NOERROR, (*chain, *records[qtype]), additional=extra,
+                              tags=frozenset(tags))
+            if RecordType.CNAME not in records:
+                return self._negative(Rcode.NOERROR, zone, chain, tags)
+            cname = records[RecordType.CNAME]
+            chain += cname
+            target = tuple(label.lower() for label in cname[0].rdata.label.label)
+            inside = target[len(target) - len(self.origin):] == self.origin
+            if not inside or target in seen or len(chain) >= MAX_CNAMES:
+                return Answer(Rcode.NOERROR, tuple(chain), tags=frozenset(tags))
+            seen.add(target)
+            found = self._node(target)
+            assert found is not None  # a name of the cluster zone
+
+    def _node(self, labels: tuple[bytes, ...]
+              ) -> tuple[tuple[bytes, ...], _Node | frozenset[Tag]] | None:
+        """The zone a name is in and its node (the tags of its absence when it does not
+        exist), or None when the name is not ours."""
         origin = self.origin
         if labels[len(labels) - len(origin):] == origin:
-            zone = origin
-            node = self._cluster_node(labels, labels[:len(labels) - len(origin)])
-        elif labels[-2:] in (_REVERSE_V4, _REVERSE_V6):
-            zone = labels[-2:]
+            return origin, self._cluster_node(labels, labels[:len(labels) - len(origin)])
+        if labels[-2:] in (_REVERSE_V4, _REVERSE_V6):
             node = self._reverse_node(labels)
-            if node is None:
-                return None
-        else:
-            return None
-        soa = self._negative[zone]
-        if isinstance(node, frozenset):  # the name does not exist; these are its tags
-            return Answer(Rcode.NXDOMAIN, soa=soa, tags=node)
-        tags = frozenset(node.tags)
-        records = node.records
-        if qtype == RecordType.ANY and records:
-            qtype = next(iter(records))  # RFC 8482: one RRset is enough
-        if qtype in records:
-            extra = tuple(node.additional) if qtype == RecordType.SRV else ()
-            return Answer(Rcode.NOERROR, tuple(records[qtype]), additional=extra, tags=tags)
-        if RecordType.CNAME in records:
-            return Answer(Rcode.NOERROR, tuple(records[RecordType.CNAME]), tags=tags)
-        return Answer(Rcode.NOERROR, soa=soa, tags=tags)
+            return None if node is None else (labels[-2:], node)
+        return None
+
+    def _negative(self, rcode: Rcode, zone: tuple[bytes, ...], chain: list[RR],
+                  tags: set[Tag]) -> Answer:
+        """NXDOMAIN or NODATA with the zone's SOA (RFC 2308), after the CNAMEs that led there."""
+        if not chain:
+            return Answer(rcode, soa=self._negative_soas[zone], tags=frozenset(tags))
+        return Answer(rcode, tuple(chain), authority=(self._soas[zone],), tags=frozenset(tags))
 
     # The cluster zone
 

@@ -98,6 +98,18 @@ def test_ptr_in_the_service_cidr_follows_what_holds_the_address(sdns: SdnsProces
     sdns.api.delete(f"/v1/services/{ns}/pinned")
     assert_negative(sdns.query(reverse, "PTR"), dns.rcode.NXDOMAIN)
 
+def test_external_name_inside_the_zone_follows_its_target(sdns: SdnsProcess, ns: str,
+                                                          web: str) -> None:
+    sdns.api.put(f"/v1/services/{ns}/alias", {"type": "ExternalName",
+                                              "externalName": f"web.{ns}.{ZONE}"})
+    reply = sdns.query(f"alias.{ns}.{ZONE}")
+    assert names(reply.answer) == [(f"alias.{ns}.{ZONE}.", "CNAME", f"web.{ns}.{ZONE}."),
+                                   (f"web.{ns}.{ZONE}.", "A", web)]
+    sdns.api.delete(f"/v1/services/{ns}/web")  # the cached answer goes with its target
+    gone = sdns.query(f"alias.{ns}.{ZONE}")
+    assert gone.rcode() == dns.rcode.NXDOMAIN
+    assert names(gone.answer) == [(f"alias.{ns}.{ZONE}.", "CNAME", f"web.{ns}.{ZONE}.")]
+
 def test_headless_ptr_per_ready_endpoint(sdns: SdnsProcess, ns: str) -> None:
     sdns.api.put(f"/v1/services/{ns}/db", {"clusterIP": "None"})
     sdns.api.put(f"/v1/services/{ns}/db/endpoints/db-0", {"ip": "10.246.1.10"})

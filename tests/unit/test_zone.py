@@ -24,6 +24,7 @@ from sdns.view import View
 
 NS = "default"
 Z = "svc.cluster.local."
+ZONE = "svc.cluster.local"
 WEB = ServiceKey(NS, "web")
 DB = ServiceKey(NS, "db")
 NOBODY = ServiceKey(NS, "nobody")
@@ -46,6 +47,11 @@ def _snapshot() -> Snapshot:
             Service(NS, "ext", ServiceType.EXTERNAL_NAME, external_name="db.example.org"),
             Service(NS, "wide", ServiceType.HEADLESS, ports=(ServicePort("sql", 3306),)),
             Service(NS, "big", ServiceType.HEADLESS),
+            *(Service(NS, name, ServiceType.EXTERNAL_NAME, external_name=f"{target}.{NS}.{ZONE}")
+              for name, target in [("to-web", "web"), ("to-db", "db"), ("to-gone", "gone"),
+                                   ("to-to-web", "to-web"), ("loop-a", "loop-b"),
+                                   ("loop-b", "loop-a"),
+                                   *((f"chain-{i}", f"chain-{i + 1}") for i in range(10))]),
         ],
         endpoints={
             WEB: [Endpoint("e1", "10.244.0.1", "e1")],
@@ -89,6 +95,7 @@ class Case(NamedTuple):
     rcode: str  # NOERROR with no answer is NODATA
     answer: Sequence[str] = ()
     additional: Sequence[str] = ()
+    nodata_after_cname: bool = False
 
 
 CASES = [
@@ -131,6 +138,22 @@ CASES = [
     Case(f"ext.{NS}.{Z}", "AAAA", "NOERROR", [f"ext.{NS}.{Z} 5 CNAME db.example.org."]),
     Case(f"ext.{NS}.{Z}", "CNAME", "NOERROR", [f"ext.{NS}.{Z} 5 CNAME db.example.org."]),
     Case(f"_http._tcp.ext.{NS}.{Z}", "SRV", "NXDOMAIN"),
+    # ExternalName inside the zone: the CNAME, then the target's records (RFC 1034 4.3.2)
+    Case(f"to-web.{NS}.{Z}", "A", "NOERROR", [f"to-web.{NS}.{Z} 5 CNAME web.{NS}.{Z}",
+                                               f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"to-to-web.{NS}.{Z}", "A", "NOERROR", [f"to-to-web.{NS}.{Z} 5 CNAME to-web.{NS}.{Z}",
+                                                  f"to-web.{NS}.{Z} 5 CNAME web.{NS}.{Z}",
+                                                  f"web.{NS}.{Z} 5 A 10.96.0.20"]),
+    Case(f"to-db.{NS}.{Z}", "AAAA", "NOERROR", [f"to-db.{NS}.{Z} 5 CNAME db.{NS}.{Z}",
+                                                 f"db.{NS}.{Z} 5 AAAA fd00::11"]),
+    Case(f"to-web.{NS}.{Z}", "AAAA", "NOERROR", [f"to-web.{NS}.{Z} 5 CNAME web.{NS}.{Z}"],
+         nodata_after_cname=True),
+    Case(f"to-web.{NS}.{Z}", "CNAME", "NOERROR", [f"to-web.{NS}.{Z} 5 CNAME web.{NS}.{Z}"]),
+    Case(f"to-gone.{NS}.{Z}", "A", "NXDOMAIN", [f"to-gone.{NS}.{Z} 5 CNAME gone.{NS}.{Z}"]),
+    Case(f"loop-a.{NS}.{Z}", "A", "NOERROR", [f"loop-a.{NS}.{Z} 5 CNAME loop-b.{NS}.{Z}",
+                                               f"loop-b.{NS}.{Z} 5 CNAME loop-a.{NS}.{Z}"]),
+    Case(f"chain-0.{NS}.{Z}", "A", "NOERROR",
+         [f"chain-{i}.{NS}.{Z} 5 CNAME chain-{i + 1}.{NS}.{Z}" for i in range(8)]),
     # names that exist without records, and names that do not exist
     Case(f"{NS}.{Z}", "A", "NOERROR"),
     Case(Z, "A", "NOERROR"),
@@ -174,8 +197,11 @@ def test_schema(responder: Responder, case: Case) -> None:
     assert reply.flags & dns.flags.AA
     assert records(reply.answer) == sorted(case.answer)
     assert records(reply.additional) == sorted(case.additional)
-    if not case.answer:  # NXDOMAIN and NODATA carry the zone's SOA (RFC 2308)
+    # NXDOMAIN and NODATA carry the zone's SOA (RFC 2308), after any CNAMEs
+    if case.rcode == "NXDOMAIN" or not case.answer or case.nodata_after_cname:
         assert [rrset.rdtype for rrset in reply.authority] == [dns.rdatatype.SOA]
+    else:
+        assert reply.authority == []
 
 
 FORWARDED = [
