@@ -118,6 +118,13 @@ def _seconds(value: Any) -> int:
     return number
 
 
+def _period(value: Any) -> int:
+    number = int(value)
+    if isinstance(value, bool) or not 1 <= number <= 86400:
+        raise ValueError(f"{value!r} is not a number of seconds from 1 to 86400")
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     backend: str = "memory"
@@ -138,6 +145,7 @@ class Config:
     forward_max_ttl: int = 3600
     serve_stale: int = 3600
     balancer: str = "userspace"
+    balancer_sync: int = 30
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -186,6 +194,8 @@ SETTINGS: dict[str, Setting] = {
                            "while every upstream fails, seconds", "SECONDS"),
     "balancer": Setting(_balancer, "what turns connections to clusterIP:port into connections "
                         "to endpoints", choices=BALANCER_MODES),
+    "balancer_sync": Setting(_period, "seconds between full resyncs of the balancer's data "
+                             "plane (a failed apply is retried sooner)", "SECONDS"),
 }
 
 

@@ -84,7 +84,8 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
             log.info("sdns DNS worker serving %s", config.dns_addr)
             yield registry
             return
-        balancer = Balancer(config.balancer, watcher.view, config.service_cidr)
+        balancer = Balancer(config.balancer, watcher.view, config.service_cidr,
+                            config.balancer_sync)
         if config.balancer != "off":
             watcher.subscribe(balancer)
             await balancer.start()

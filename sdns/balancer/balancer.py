@@ -1,5 +1,9 @@
 """The balancer as a subscriber of the watcher: changes mark services dirty, and one task brings
-the data plane (userspace proxy or nftables) in line, so a change applies within milliseconds."""
+the data plane (userspace proxy or nftables) in line, so a change applies within milliseconds.
+
+Like kube-proxy, it also resyncs everything every ``sync_seconds``, and an apply that failed (nft
+refused the ruleset, a VIP:port could not be bound) is tried again, everything, after a back-off
+that starts at ``RETRY_START`` and doubles up to the sync period."""
 
 from __future__ import annotations
 
@@ -18,12 +22,16 @@ from sdns.view import Change, View
 
 log = logging.getLogger(__name__)
 
+RETRY_START = 0.5  # seconds before a failed apply is tried again; doubles while it fails
+
 
 class Balancer:
-    def __init__(self, mode: str, view: View, service_cidr: str) -> None:
+    def __init__(self, mode: str, view: View, service_cidr: str, sync_seconds: float = 30
+                 ) -> None:
         self.mode = mode
         self.view = view
         self.service_cidr = service_cidr
+        self.sync_seconds = sync_seconds
         self.proxy = UserspaceProxy()
         self.addresses = LocalAddresses()
         self._dirty: set[ServiceKey] = set()
@@ -61,15 +69,28 @@ class Balancer:
         await self.addresses.release_all()
 
     async def _run(self) -> None:
+        retry = 0.0
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), retry or self.sync_seconds)
+            except TimeoutError:
+                self._everything = True  # the periodic resync, or the retry of a failure
             self._wake.clear()
             try:
-                await self._reconcile()
+                applied = await self._reconcile()
             except (OSError, RuntimeError) as error:
                 log.error("balancer could not apply the VIP table: %s", error)
+                applied = False
+            if applied:
+                retry = 0.0
+            else:  # a change that wakes it sooner must not pass over what failed
+                self._everything = True
+                retry = min(max(retry * 2, RETRY_START), self.sync_seconds)
+                log.info("balancer: trying again in %g s", retry)
+            self.proxy.prune_affinity()
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> bool:
+        """Bring the data plane in line with the view; False when part of it failed."""
         if self._everything:
             self._everything = False
             keys = set(self._current) | {s.key for s in self.view.services()}
@@ -86,12 +107,13 @@ class Balancer:
             changed += after
         if self.mode == "nftables":
             await nft.apply(nft.render([f for fs in self._current.values() for f in fs]))
-            return
+            return True
         wanted = [f for f in changed if await self.addresses.ensure(f.vip)]
-        await self.proxy.apply(wanted, removed)
+        served = await self.proxy.apply(wanted, removed)
         still_used = {f.vip for fs in self._current.values() for f in fs}
         for vip in {vip for vip, _, _ in removed} - still_used:
             await self.addresses.release(vip)
+        return served
 
     def describe(self) -> dict[str, Any]:
         """The VIP table with each endpoint's state and connection count."""
@@ -112,6 +134,7 @@ class Balancer:
                 "port": frontend.port_name, "vip": frontend.vip,
                 "vipPort": frontend.port, "protocol": frontend.protocol.value,
                 "serving": self.mode == "nftables" or listener is not None,
+                "affinities": len(listener.affinity) if listener else 0,
                 "endpoints": endpoints,
             })
         return {"mode": self.mode, "services": services}

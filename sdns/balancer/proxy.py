@@ -82,6 +82,12 @@ class Listener:
             timeout = self.frontend.affinity_timeout
             self.affinity[client] = (backend, time.monotonic() + timeout)
 
+    def prune_affinity(self, now: float) -> None:
+        """Forget the clients whose affinity has timed out."""
+        expired = [client for client, (_, until) in self.affinity.items() if until <= now]
+        for client in expired:
+            del self.affinity[client]
+
 
 class UserspaceProxy:
     """Listeners kept in line with a VIP table (``apply``)."""
@@ -91,7 +97,10 @@ class UserspaceProxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(self, frontends: list[Frontend], removed: set[tuple[str, int, Protocol]]
-                    ) -> None:
+                    ) -> bool:
+        """Listen on ``frontends`` (new or updated), stop listening on ``removed``; False when
+        some could not be listened on (they are tried again on the next apply)."""
+        served = True
         for address in removed:
             listener = self.listeners.pop(address, None)
             if listener is not None and listener.server is not None:
@@ -109,8 +118,15 @@ class UserspaceProxy:
                 log.warning("cannot listen on %s:%d/%s for service %s: %s", frontend.vip,
                             frontend.port, frontend.protocol.value, frontend.key,
                             error.strerror or error)
+                served = False
                 continue
             self.listeners[frontend.address] = listener
+        return served
+
+    def prune_affinity(self) -> None:
+        now = time.monotonic()
+        for listener in self.listeners.values():
+            listener.prune_affinity(now)
 
     async def close(self) -> None:
         await self.apply([], set(self.listeners))
@@ -198,7 +214,7 @@ class _UdpFrontend(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         flow = self.flows.get(addr)
-        if flow is not None and flow.transport is not None:
+        if flow is not None:  # open, or still opening: then it sends the datagram once open
             flow.send(data)
             return
         candidates = self.listener.candidates(addr[0])

@@ -117,6 +117,57 @@ def test_udp_flows_round_robin(balanced: SdnsProcess) -> None:
             server.stop()
 
 
+def test_udp_datagrams_sent_while_a_flow_opens_join_it(balanced: SdnsProcess) -> None:
+    udp = [UdpEndpoint(f"u{i}") for i in range(3)]
+    try:
+        vip = balanced.api.put("/v1/services/default/burst", {"ports": [
+            {"name": "dns", "port": 5354, "protocol": "UDP"}]}).body["clusterIP"]
+        for server in udp:
+            balanced.api.put(f"/v1/services/default/burst/endpoints/{server.name}",
+                             {"ip": "127.0.0.1", "ports": {"dns": server.port}})
+        wait_until(lambda: _behind_vip(balanced) == {"u0", "u1", "u2"}, timeout=3)
+        for _ in range(10):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(2)
+                for _ in range(3):  # back to back: the flow is still opening for the others
+                    client.sendto(b"q", (vip, 5354))
+                assert len({client.recv(64) for _ in range(3)}) == 1
+        assert sum(len(server.flows) for server in udp) == 10  # one flow per client
+    finally:
+        for server in udp:
+            server.stop()
+
+
+def test_a_vip_port_that_could_not_be_bound_is_retried(balanced: SdnsProcess,
+                                                       servers: list[TcpEndpoint]) -> None:
+    vip = "127.96.200.9"
+    blocker = socket.socket()
+    blocker.bind((vip, 8080))
+    blocker.listen()
+    try:
+        balanced.api.put("/v1/services/default/web", {"clusterIP": vip, "ports": [
+            {"name": "http", "port": 8080}]})
+        balanced.api.put("/v1/services/default/web/endpoints/e0",
+                         {"ip": "127.0.0.1", "ports": {"http": servers[0].port}})
+        wait_until(lambda: _behind_vip(balanced) == {"e0"}, timeout=3)
+        assert balanced.api.get("/v1/balancer").body["services"][0]["serving"] is False
+    finally:
+        blocker.close()
+    wait_until(lambda: balanced.api.get("/v1/balancer").body["services"][0]["serving"],
+               timeout=10)
+    assert connect(vip, 8080) == "e0"
+
+
+def test_timed_out_client_ip_affinity_is_forgotten(make_sdns: MakeSdns,
+                                                  servers: list[TcpEndpoint]) -> None:
+    process = make_sdns("--balancer", "userspace", "--service-cidr", CIDR,
+                        "--balancer-sync", "1")
+    vip = _register(process, servers, sessionAffinity="ClientIP", sessionAffinityTimeout=1)
+    connect(vip, 8080)
+    assert process.api.get("/v1/balancer").body["services"][0]["affinities"] == 1
+    wait_until(lambda: process.api.get("/v1/balancer").body["services"][0]["affinities"] == 0,
+               timeout=5)
+
 def test_balancer_table_counts_connections(balanced: SdnsProcess,
                                            servers: list[TcpEndpoint]) -> None:
     vip = _register(balanced, servers)
