@@ -199,8 +199,7 @@ class EtcdBackend:
                 raise ServiceExists(service.key)
             compare = [self._tx.mod(key) == (0 if current is None else current.mod_revision)]
             success = [self._tx.put(key, body)]
-            ip = service.cluster_ip
-            if ip is not None:
+            for ip in service.cluster_ips:
                 claim = await self.client.get(self._ip_key(ip))
                 if claim is None:
                     compare.append(self._tx.version(self._ip_key(ip)) == 0)
@@ -209,9 +208,9 @@ class EtcdBackend:
                     raise ClusterIPTaken(ip)
                 else:
                     compare.append(self._tx.value(self._ip_key(ip)) == owner)
-            old_ip = None if current is None else stored.load_service(current.value).cluster_ip
-            if old_ip is not None and old_ip != ip:
-                success.append(self._tx.delete(self._ip_key(old_ip)))
+            old_ips = () if current is None else stored.load_service(current.value).cluster_ips
+            for ip in set(old_ips) - set(service.cluster_ips):
+                success.append(self._tx.delete(self._ip_key(ip)))
             revision = await self._commit(compare, success)
             if revision is not None:
                 return revision
@@ -229,8 +228,7 @@ class EtcdBackend:
                 self._tx.delete(endpoints, range_end=prefix_range_end(endpoints)),
                 self._tx.delete(path),
             ]
-            ip = stored.load_service(current.value).cluster_ip
-            if ip is not None:
+            for ip in stored.load_service(current.value).cluster_ips:
                 success.append(self._tx.delete(self._ip_key(ip)))
             revision = await self._commit([self._tx.mod(path) == current.mod_revision], success)
             if revision is not None:

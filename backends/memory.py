@@ -72,12 +72,12 @@ class MemoryBackend:
         old = self._services.get(key)
         if create and old is not None:
             raise ServiceExists(key)
-        ip = service.cluster_ip
-        if ip is not None and self._cluster_ips.get(ip, key) != key:
-            raise ClusterIPTaken(ip)
-        if old is not None and old.cluster_ip not in (None, ip):
-            del self._cluster_ips[old.cluster_ip]
-        if ip is not None:
+        for ip in service.cluster_ips:
+            if self._cluster_ips.get(ip, key) != key:
+                raise ClusterIPTaken(ip)
+        for ip in set(old.cluster_ips if old else ()) - set(service.cluster_ips):
+            del self._cluster_ips[ip]
+        for ip in service.cluster_ips:
             self._cluster_ips[ip] = key
         self._services[key] = service
         self._endpoints.setdefault(key, {})
@@ -89,8 +89,8 @@ class MemoryBackend:
         service = self._services.pop(key, None)
         if service is None:
             raise NotFound(f"service {key} not found")
-        if service.cluster_ip is not None:
-            del self._cluster_ips[service.cluster_ip]
+        for ip in service.cluster_ips:
+            del self._cluster_ips[ip]
         revision = self._next_revision()
         for endpoint_id in self._endpoints.pop(key, {}):
             self._cancel_expiry(key, endpoint_id)

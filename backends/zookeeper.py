@@ -280,16 +280,15 @@ class ZooKeeperBackend:
                    if current is None else _Op("set_data", (path, body, current[1].version))]
             if current is None and await self._call("exists", endpoints) is None:
                 ops.append(_Op("create", (endpoints, b"")))  # where its endpoints will go
-            ip = service.cluster_ip
-            if ip is not None:
+            for ip in service.cluster_ips:
                 claim = await self._get(self._ip_path(ip))
                 if claim is None:
                     ops.append(_Op("create", (self._ip_path(ip), owner), ClusterIPTaken(ip)))
                 elif claim[0] != owner:
                     raise ClusterIPTaken(ip)
-            old_ip = None if current is None else stored.load_service(current[0]).cluster_ip
-            if old_ip is not None and old_ip != ip:
-                ops.append(_Op("delete", (self._ip_path(old_ip),)))
+            old_ips = () if current is None else stored.load_service(current[0]).cluster_ips
+            for ip in set(old_ips) - set(service.cluster_ips):
+                ops.append(_Op("delete", (self._ip_path(ip),)))
             return ops, [Event(revision, "put", key, None, service)]
 
         return await self._write(plan)
@@ -306,8 +305,7 @@ class ZooKeeperBackend:
             ops.append(_Op("delete", (path, current[1].version)))
             events = [Event(revision, "delete", key, i) for i in endpoint_ids]
             events.append(Event(revision, "delete", key))
-            ip = stored.load_service(current[0]).cluster_ip
-            if ip is not None:
+            for ip in stored.load_service(current[0]).cluster_ips:
                 ops.append(_Op("delete", (self._ip_path(ip),)))
             return ops, events
 

@@ -28,7 +28,7 @@ def _keys(services: int, prefix: str) -> list[tuple[bytes, bytes]]:
     keys = []
     for i in range(services):
         service = Service("default", f"web-{i}", ports=(ServicePort("http", 80),),
-                          cluster_ip=vip(i))
+                          cluster_ips=(vip(i),))
         keys.append((f"{prefix}/services/default/web-{i}".encode(),
                      stored.dump(service)))
         keys.append((f"{prefix}/clusterips/{service.cluster_ip}".encode(),

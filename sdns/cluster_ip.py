@@ -1,10 +1,12 @@
-"""The service CIDR and how a free clusterIP is picked from it."""
+"""The service CIDRs (one per family) and how a free clusterIP is picked from them."""
 
 from __future__ import annotations
 
 import ipaddress
 import random
 from collections.abc import Container, Iterator
+
+from sdns.model import IPFamily, ip_family
 
 # Random picks before falling back to a scan, which only a nearly full range needs.
 RANDOM_TRIES = 32
@@ -35,3 +37,19 @@ class ClusterIPRange:
             ip = str(make(number))
             if ip not in taken:
                 yield ip
+
+
+class ClusterIPRanges:
+    """The service CIDR of each family, the primary first."""
+
+    def __init__(self, cidrs: tuple[str, ...]) -> None:
+        self.ranges = tuple(ClusterIPRange(cidr) for cidr in cidrs)
+        self.families = tuple(ip_family(str(r.network.network_address)) for r in self.ranges)
+
+    def of(self, family: IPFamily) -> ClusterIPRange | None:
+        return next((r for r, f in zip(self.ranges, self.families, strict=True)
+                     if f is family), None)
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(r.network for r in self.ranges)

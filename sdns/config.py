@@ -49,6 +49,17 @@ def _cidr(value: Any) -> str:
     return str(network)
 
 
+def _cidrs(value: Any) -> tuple[str, ...]:
+    """One CIDR, or one per family (dual-stack), comma-separated or a TOML list; the first is
+    the primary family."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = tuple(_cidr(str(item).strip()) for item in items)
+    versions = [ipaddress.ip_network(n).version for n in networks]
+    if not 1 <= len(networks) <= 2 or len(set(versions)) != len(versions):
+        raise ValueError(f"{value!r} is not one CIDR, or one IPv4 and one IPv6 CIDR")
+    return networks
+
+
 def _zone(value: Any) -> str:
     try:
         return domain_name(value, "zone")
@@ -131,7 +142,7 @@ class Config:
     dns_addr: HostPort = HostPort("127.0.0.1", 1053)
     api_addr: HostPort = HostPort("127.0.0.1", 8053)
     zone: str = "cluster.local"
-    service_cidr: str = "10.96.0.0/12"
+    service_cidr: tuple[str, ...] = ("10.96.0.0/12",)
     ttl: int = 5
     etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     zk_hosts: tuple[str, ...] = ("127.0.0.1:2181",)
@@ -171,7 +182,9 @@ SETTINGS: dict[str, Setting] = {
     "dns_addr": Setting(host_port, "DNS listen address, UDP and TCP", "HOST:PORT"),
     "api_addr": Setting(host_port, "HTTP API listen address", "HOST:PORT"),
     "zone": Setting(_zone, "cluster domain", "DOMAIN"),
-    "service_cidr": Setting(_cidr, "range clusterIPs come from", "CIDR"),
+    "service_cidr": Setting(_cidrs, "ranges clusterIPs come from: one CIDR, or one per family "
+                            "for dual-stack services (the first is the primary)",
+                            "CIDR[,CIDR]"),
     "ttl": Setting(_seconds, "TTL of DNS records, seconds", "SECONDS"),
     "etcd_endpoints": Setting(_host_list, "etcd members, for --backend etcd",
                               "HOST:PORT[,...]"),

@@ -15,7 +15,7 @@ from aiohttp import web
 from sdns import store
 from sdns.api.app import make_app
 from sdns.balancer.balancer import Balancer
-from sdns.cluster_ip import ClusterIPRange
+from sdns.cluster_ip import ClusterIPRanges
 from sdns.config import Config, HostPort, upstreams
 from sdns.dns.forward import Forwarder, ForwardSettings
 from sdns.dns.responder import Responder
@@ -64,8 +64,9 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
         forwarder = Forwarder(ForwardSettings(
             tuple(forward_to), min_ttl=config.forward_min_ttl, max_ttl=config.forward_max_ttl,
             stale_seconds=config.serve_stale)) if forward_to else None
+        cluster_ips = ClusterIPRanges(config.service_cidr)
         zone = Zone(config.zone, config.ttl, watcher.view, _nameserver(config.dns_addr),
-                    (ipaddress.ip_network(config.service_cidr),))
+                    cluster_ips.networks)
         responder = Responder(zone,
                               forwarder=forwarder, allow=config.forward_allow)
         watcher.subscribe(responder)
@@ -79,7 +80,7 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
             raise _listen_error("DNS", config.dns_addr, error) from None
         stack.push_async_callback(dns.close)
 
-        registry = Registry(backend, watcher, ClusterIPRange(config.service_cidr))
+        registry = Registry(backend, watcher, cluster_ips)
         if not api:
             log.info("sdns DNS worker serving %s", config.dns_addr)
             yield registry

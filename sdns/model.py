@@ -30,6 +30,24 @@ class SessionAffinity(StrEnum):
     CLIENT_IP = "ClientIP"
 
 
+class IPFamily(StrEnum):
+    IPV4 = "IPv4"
+    IPV6 = "IPv6"
+
+
+class IPFamilyPolicy(StrEnum):
+    """How many families a ClusterIP service gets addresses in (Kubernetes dual-stack)."""
+
+    SINGLE_STACK = "SingleStack"
+    PREFER_DUAL_STACK = "PreferDualStack"
+    REQUIRE_DUAL_STACK = "RequireDualStack"
+
+
+def ip_family(ip: str) -> IPFamily:
+    """The family of an address in canonical text form."""
+    return IPFamily.IPV6 if ":" in ip else IPFamily.IPV4
+
+
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as kube-proxy
 
 # Decoding hundreds of thousands of stored values at startup: a dict lookup is several times
@@ -37,6 +55,8 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as kube-proxy
 _SERVICE_TYPES = {t.value: t for t in ServiceType}
 _PROTOCOLS = {p.value: p for p in Protocol}
 _AFFINITIES = {a.value: a for a in SessionAffinity}
+_FAMILIES = {f.value: f for f in IPFamily}
+_POLICIES = {p.value: p for p in IPFamilyPolicy}
 
 PortMap = tuple[tuple[str, int], ...]
 # Services mostly have one of a few port lists, and the endpoints of a service one port map:
@@ -96,7 +116,11 @@ class Service:
     name: str
     type: ServiceType = ServiceType.CLUSTER_IP
     ports: tuple[ServicePort, ...] = ()
-    cluster_ip: str | None = None  # only for ClusterIP services
+    # ClusterIP services only: an address per family, the first the primary (``cluster_ip``);
+    # the families asked for, in order, and the policy that decides how many
+    cluster_ips: tuple[str, ...] = ()
+    ip_families: tuple[IPFamily, ...] = ()
+    ip_family_policy: IPFamilyPolicy = IPFamilyPolicy.SINGLE_STACK
     external_name: str | None = None  # only for ExternalName services
     session_affinity: SessionAffinity = SessionAffinity.NONE
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
@@ -105,18 +129,30 @@ class Service:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", ServiceKey(self.namespace, self.name))
+        if self.cluster_ips and not self.ip_families:
+            object.__setattr__(self, "ip_families",
+                               families(tuple(ip_family(ip) for ip in self.cluster_ips)))
+
+    @property
+    def cluster_ip(self) -> str | None:
+        """The primary clusterIP."""
+        return self.cluster_ips[0] if self.cluster_ips else None
 
     def port(self, name: str) -> ServicePort | None:
         return next((p for p in self.ports if p.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
-        cluster_ip = "None" if self.type is ServiceType.HEADLESS else self.cluster_ip
+        headless = self.type is ServiceType.HEADLESS
+        cluster_ip = self.type is ServiceType.CLUSTER_IP
         return {
             "namespace": self.namespace,
             "name": self.name,
             "type": self.type.value,
             "ports": [p.to_json() for p in self.ports],
-            "clusterIP": cluster_ip,
+            "clusterIP": "None" if headless else self.cluster_ip,
+            "clusterIPs": ["None"] if headless else list(self.cluster_ips),
+            "ipFamilies": [f.value for f in self.ip_families],
+            "ipFamilyPolicy": self.ip_family_policy.value if cluster_ip else None,
             "externalName": self.external_name,
             "sessionAffinity": self.session_affinity.value,
             "sessionAffinityTimeout": self.affinity_timeout,
@@ -125,16 +161,32 @@ class Service:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Service:
         service_type = _SERVICE_TYPES[data["type"]]
+        cluster_ips: tuple[str, ...] = ()
+        if service_type is ServiceType.CLUSTER_IP:  # before dual-stack, only clusterIP
+            first = data.get("clusterIP")
+            cluster_ips = tuple(data.get("clusterIPs") or ([first] if first else []))
         return cls(
             namespace=data["namespace"],
             name=data["name"],
             type=service_type,
             ports=_service_ports(data.get("ports", [])),
-            cluster_ip=data.get("clusterIP") if service_type is ServiceType.CLUSTER_IP else None,
+            cluster_ips=cluster_ips,
+            ip_families=families(tuple(_FAMILIES[f] for f in data.get("ipFamilies") or ())
+                                 or tuple(ip_family(ip) for ip in cluster_ips)),
+            ip_family_policy=_POLICIES[data.get("ipFamilyPolicy") or "SingleStack"],
             external_name=data.get("externalName"),
             session_affinity=_AFFINITIES[data.get("sessionAffinity", "None")],
             affinity_timeout=data.get("sessionAffinityTimeout", DEFAULT_AFFINITY_TIMEOUT),
         )
+
+
+_FAMILY_LISTS = {(a,): (a,) for a in IPFamily} | {
+    (a, b): (a, b) for a in IPFamily for b in IPFamily if a is not b}
+
+
+def families(value: tuple[IPFamily, ...]) -> tuple[IPFamily, ...]:
+    """The one kept copy of a list of families (there are five)."""
+    return _FAMILY_LISTS.get(value, value)
 
 
 def _service_ports(items: list[dict[str, Any]]) -> tuple[ServicePort, ...]:

@@ -12,16 +12,20 @@ from dataclasses import replace
 from typing import Any
 
 from sdns import validation
-from sdns.cluster_ip import ClusterIPRange
+from sdns.cluster_ip import ClusterIPRange, ClusterIPRanges
 from sdns.errors import Conflict, Invalid, NotFound, NotYetVisible
 from sdns.model import (
     Endpoint,
     Event,
+    IPFamily,
+    IPFamilyPolicy,
     Protocol,
     Service,
     ServiceKey,
     ServicePort,
     ServiceType,
+    families,
+    ip_family,
     shared_ports,
 )
 from sdns.store import Backend, ClusterIPTaken, ServiceExists
@@ -34,7 +38,7 @@ ALLOCATION_TRIES = 16
 VISIBLE_WITHIN = 5.0
 
 class Registry:
-    def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRange,
+    def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRanges,
                  visible_within: float = VISIBLE_WITHIN) -> None:
         self.backend = backend
         self.watcher = watcher
@@ -140,26 +144,73 @@ class Registry:
         if service.type is not ServiceType.CLUSTER_IP:
             await self._settle(await self.backend.put_service(service, create=create))
             return service
-        if service.cluster_ip is not None:
-            if service.cluster_ip not in self.cluster_ips:
-                raise Conflict(f"clusterIP {service.cluster_ip} is outside the service CIDR "
-                               f"{self.cluster_ips.network}", "clusterIP")
-            candidates = [service.cluster_ip]
-        elif old is not None and old.cluster_ip is not None:
-            candidates = [old.cluster_ip]  # a service keeps its address across updates
-        else:
-            candidates = self.cluster_ips.free(self.watcher.view.cluster_ips())
-        for tries, ip in enumerate(candidates, 1):
-            stored = replace(service, cluster_ip=ip)
+        wanted = self._families(service, old)
+        fixed: dict[IPFamily, str] = {}  # asked for, or kept from before
+        for index, ip in enumerate(service.cluster_ips):
+            family = ip_family(ip)
+            found = self.cluster_ips.of(family)
+            if found is None or ip not in found:
+                where = found.network if found else f"any {family.value} service CIDR"
+                raise Conflict(f"clusterIP {ip} is outside {where}",
+                               "clusterIP" if index == 0 else f"clusterIPs[{index}]")
+            fixed[family] = ip
+        if old is not None:  # a service keeps its addresses across updates
+            for ip in old.cluster_ips:
+                fixed.setdefault(ip_family(ip), ip)
+        taken = self.watcher.view.cluster_ips()
+        free = {f: self._range(f).free(taken) for f in wanted if f not in fixed}
+        picked: dict[IPFamily, str] = {}
+        for _ in range(ALLOCATION_TRIES):
+            for family, candidates in free.items():
+                if family not in picked:
+                    ip = next(candidates, None)
+                    if ip is None:
+                        raise Conflict(f"no free clusterIP left in {self._range(family).network}",
+                                       "clusterIP")
+                    picked[family] = ip
+            ips = tuple(fixed.get(f) or picked[f] for f in wanted)
+            stored = replace(service, cluster_ips=ips, ip_families=wanted)
             try:
                 revision = await self.backend.put_service(stored, create=create)
-            except ClusterIPTaken:
-                if service.cluster_ip is not None or tries >= ALLOCATION_TRIES:
-                    raise
+            except ClusterIPTaken as error:
+                if error.ip not in picked.values():
+                    raise  # asked for by the user: another service has it
+                del picked[ip_family(error.ip)]  # another replica took it first: pick again
                 continue
             await self._settle(revision)
             return stored
-        raise Conflict(f"no free clusterIP left in {self.cluster_ips.network}", "clusterIP")
+        raise Conflict("could not allocate a free clusterIP: too much contention", "clusterIP")
+
+    def _range(self, family: IPFamily) -> ClusterIPRange:
+        found = self.cluster_ips.of(family)
+        assert found is not None, "_families keeps only configured families"
+        return found
+
+    def _families(self, service: Service, old: Service | None) -> tuple[IPFamily, ...]:
+        """The families a ClusterIP service gets addresses in, the primary first, by its
+        ipFamilyPolicy: what it asked for, else what it had, else this sdns's primary; a dual
+        policy adds the other configured family (required, or preferred when there is one)."""
+        configured = self.cluster_ips.families
+        policy = service.ip_family_policy
+        wanted = service.ip_families
+        if not wanted and old is not None and old.ip_families:
+            wanted = old.ip_families
+        if not wanted:
+            wanted = configured[:1]
+        if policy is IPFamilyPolicy.SINGLE_STACK:
+            wanted = wanted[:1]
+        elif len(wanted) == 1:
+            wanted += tuple(f for f in configured if f is not wanted[0])
+        if policy is IPFamilyPolicy.PREFER_DUAL_STACK:
+            wanted = wanted[:1] + tuple(f for f in wanted[1:] if f in configured)
+        missing = [f for f in wanted if f not in configured]
+        if missing:
+            raise Invalid(f"this sdns has no {missing[0].value} service CIDR (--service-cidr)",
+                          "ipFamilies")
+        if policy is IPFamilyPolicy.REQUIRE_DUAL_STACK and len(wanted) < 2:
+            raise Invalid("RequireDualStack needs a service CIDR of each family; this sdns has "
+                          f"only {configured[0].value} (--service-cidr)", "ipFamilyPolicy")
+        return families(wanted)
 
     async def _settle(self, revision: int) -> None:
         if not await self.watcher.caught_up(revision, self.visible_within):

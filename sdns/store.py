@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "sdns.backends"
 class ClusterIPTaken(Conflict):
     def __init__(self, ip: str) -> None:
         super().__init__(f"clusterIP {ip} is already allocated to another service", "clusterIP")
+        self.ip = ip
 
 
 class ServiceExists(Conflict):

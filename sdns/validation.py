@@ -10,12 +10,16 @@ from typing import Any
 from sdns.errors import Invalid
 from sdns.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    IPFamily,
+    IPFamilyPolicy,
     Protocol,
     Service,
     ServiceKey,
     ServicePort,
     ServiceType,
     SessionAffinity,
+    families,
+    ip_family,
 )
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -85,19 +89,21 @@ def _matches_path(body: dict[str, Any], field: str, expected: str) -> None:
 
 
 def service(key: ServiceKey, body: Any) -> Service:
-    """A service as the user asked for it; ``cluster_ip`` None means "allocate one"."""
-    data = _object(body, {"namespace", "name", "type", "ports", "clusterIP", "externalName",
-                          "sessionAffinity", "sessionAffinityTimeout"}, "service")
+    """A service as the user asked for it: ``cluster_ips`` and ``ip_families`` hold what was
+    asked (empty means "allocate" and "as the policy says"); the registry completes them."""
+    data = _object(body, {"namespace", "name", "type", "ports", "clusterIP", "clusterIPs",
+                          "ipFamilies", "ipFamilyPolicy", "externalName", "sessionAffinity",
+                          "sessionAffinityTimeout"}, "service")
     _matches_path(data, "namespace", key.namespace)
     _matches_path(data, "name", key.name)
-    cluster_ip = data.get("clusterIP")
     try:
         kind = ServiceType(data.get("type", "ClusterIP"))
     except ValueError:
         raise Invalid(f"type must be one of {', '.join(t.value for t in ServiceType)}",
                       "type") from None
-    if cluster_ip == "None" and kind is not ServiceType.EXTERNAL_NAME:
-        kind, cluster_ip = ServiceType.HEADLESS, None
+    cluster_ips = _cluster_ips(data)
+    if cluster_ips == ["None"] and kind is not ServiceType.EXTERNAL_NAME:
+        kind, cluster_ips = ServiceType.HEADLESS, []
     external_name = data.get("externalName")
     if kind is ServiceType.EXTERNAL_NAME:
         if external_name is None:
@@ -106,10 +112,18 @@ def service(key: ServiceKey, body: Any) -> Service:
     elif external_name is not None:
         raise Invalid(f"externalName is only for ExternalName services, not {kind.value}",
                       "externalName")
-    if cluster_ip is not None:
-        if kind is not ServiceType.CLUSTER_IP:
-            raise Invalid(f"a {kind.value} service has no clusterIP", "clusterIP")
-        cluster_ip = ip_address(cluster_ip, "clusterIP")
+    if kind is not ServiceType.CLUSTER_IP:
+        unasked = {"clusterIP": "None", "clusterIPs": ["None"], "ipFamilies": None,
+                   "ipFamilyPolicy": None}
+        for field, allowed in unasked.items():
+            if data.get(field) not in (None, allowed):
+                raise Invalid(f"a {kind.value} service has no {field}", field)
+    policy = _policy(data.get("ipFamilyPolicy"))
+    requested = _families(data.get("ipFamilies"))
+    named = "clusterIPs" in data  # errors name the field the user wrote
+    addresses = tuple(ip_address(ip, f"clusterIPs[{i}]" if named else "clusterIP")
+                      for i, ip in enumerate(cluster_ips))
+    _check_stack(addresses, requested, policy)
     try:
         affinity = SessionAffinity(data.get("sessionAffinity", "None"))
     except ValueError:
@@ -123,11 +137,65 @@ def service(key: ServiceKey, body: Any) -> Service:
         name=key.name,
         type=kind,
         ports=service_ports(data.get("ports", [])),
-        cluster_ip=cluster_ip,
+        cluster_ips=addresses,
+        ip_families=families(requested or tuple(ip_family(ip) for ip in addresses)),
+        ip_family_policy=policy,
         external_name=external_name,
         session_affinity=affinity,
         affinity_timeout=timeout,
     )
+
+
+def _cluster_ips(data: dict[str, Any]) -> list[Any]:
+    """``clusterIPs``, or ``[clusterIP]``; both only when they agree."""
+    single, several = data.get("clusterIP"), data.get("clusterIPs")
+    if several is None:
+        return [] if single is None else [single]
+    if not isinstance(several, list) or not 1 <= len(several) <= 2:
+        raise Invalid("clusterIPs must be a list of one or two addresses", "clusterIPs")
+    if single is not None and single != several[0]:
+        raise Invalid(f"clusterIP {single!r} differs from clusterIPs[0] {several[0]!r}",
+                      "clusterIP")
+    return several
+
+
+def _policy(value: Any) -> IPFamilyPolicy:
+    if value is None:
+        return IPFamilyPolicy.SINGLE_STACK
+    try:
+        return IPFamilyPolicy(value)
+    except ValueError:
+        raise Invalid("ipFamilyPolicy must be one of "
+                      f"{', '.join(p.value for p in IPFamilyPolicy)}", "ipFamilyPolicy") from None
+
+
+def _families(value: Any) -> tuple[IPFamily, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not 1 <= len(value) <= 2:
+        raise Invalid("ipFamilies must be a list of one or two of IPv4, IPv6", "ipFamilies")
+    try:
+        found = tuple(IPFamily(item) for item in value)
+    except ValueError:
+        raise Invalid("ipFamilies must be a list of one or two of IPv4, IPv6",
+                      "ipFamilies") from None
+    if len(set(found)) != len(found):
+        raise Invalid("ipFamilies names a family twice", "ipFamilies")
+    return found
+
+
+def _check_stack(addresses: tuple[str, ...], requested: tuple[IPFamily, ...],
+                 policy: IPFamilyPolicy) -> None:
+    """The addresses, families and policy asked for agree with one another."""
+    given = tuple(ip_family(ip) for ip in addresses)
+    if len(set(given)) != len(given):
+        raise Invalid("clusterIPs holds two addresses of one family", "clusterIPs")
+    if requested and given and given != requested[:len(given)]:
+        raise Invalid("clusterIPs must follow the order of ipFamilies", "clusterIPs")
+    most = max(len(given), len(requested))
+    if policy is IPFamilyPolicy.SINGLE_STACK and most > 1:
+        raise Invalid("a SingleStack service has one family; ask for PreferDualStack or "
+                      "RequireDualStack for two", "ipFamilyPolicy")
 
 
 def service_ports(value: Any) -> tuple[ServicePort, ...]:

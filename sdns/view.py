@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sdns.model import Endpoint, Event, Service, ServiceKey, ServiceType
+from sdns.model import Endpoint, Event, Service, ServiceKey
 from sdns.store import Snapshot
 
 Holder = tuple[ServiceKey, str | None]
@@ -80,10 +80,10 @@ class View:
         key = event.key
         if event.endpoint_id is None:
             old_service = self._services.get(key)
-            ips = {old_service.cluster_ip} if old_service and old_service.cluster_ip else set()
+            ips = set(old_service.cluster_ips) if old_service else set()
             if isinstance(event.value, Service):
                 self._put_service(event.value)
-                ips.add(event.value.cluster_ip or "")
+                ips.update(event.value.cluster_ips)
             else:
                 self._delete_service(key)
         else:
@@ -102,13 +102,14 @@ class View:
         old = self._services.get(key)
         if old is None:
             self._per_namespace[key.namespace] += 1
-        elif old.cluster_ip is not None:
-            self._unindex(old.cluster_ip, key, None)
-            self._cluster_ips.discard(old.cluster_ip)
+        else:
+            for ip in old.cluster_ips:
+                self._unindex(ip, key, None)
+                self._cluster_ips.discard(ip)
         self._services[key] = service
-        if service.type is ServiceType.CLUSTER_IP and service.cluster_ip is not None:
-            self._index(service.cluster_ip, (key, None))
-            self._cluster_ips.add(service.cluster_ip)
+        for ip in service.cluster_ips:
+            self._index(ip, (key, None))
+            self._cluster_ips.add(ip)
 
     def _delete_service(self, key: ServiceKey) -> None:
         service = self._services.pop(key, None)
@@ -117,9 +118,9 @@ class View:
         self._per_namespace[key.namespace] -= 1
         if not self._per_namespace[key.namespace]:
             del self._per_namespace[key.namespace]
-        if service.cluster_ip is not None:
-            self._unindex(service.cluster_ip, key, None)
-            self._cluster_ips.discard(service.cluster_ip)
+        for ip in service.cluster_ips:
+            self._unindex(ip, key, None)
+            self._cluster_ips.discard(ip)
         for endpoint_id in list(self._endpoints.get(key, {})):
             self._delete_endpoint(key, endpoint_id)
         self._endpoints.pop(key, None)

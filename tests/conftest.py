@@ -41,7 +41,7 @@ def zookeeper_server() -> Iterator[ZooKeeper]:
 @pytest.fixture(scope="session", params=BACKENDS)
 def sdns(request: pytest.FixtureRequest) -> Iterator[SdnsProcess]:
     """One sdns per backend for the session; tests keep apart by namespace."""
-    process = SdnsProcess("--service-cidr", "10.96.0.0/16",
+    process = SdnsProcess("--service-cidr", "10.96.0.0/16,fd00:96::/112",
                           *backend_args(request, request.param)).start()
     yield process
     process.stop()

@@ -26,11 +26,11 @@ RETRY_START = 0.5  # seconds before a failed apply is tried again; doubles while
 
 
 class Balancer:
-    def __init__(self, mode: str, view: View, service_cidr: str, sync_seconds: float = 30
-                 ) -> None:
+    def __init__(self, mode: str, view: View, service_cidrs: tuple[str, ...],
+                 sync_seconds: float = 30) -> None:
         self.mode = mode
         self.view = view
-        self.service_cidr = service_cidr
+        self.service_cidrs = service_cidrs
         self.sync_seconds = sync_seconds
         self.proxy = UserspaceProxy()
         self.addresses = LocalAddresses()
@@ -54,7 +54,8 @@ class Balancer:
 
     async def start(self) -> None:
         if self.mode == "nftables":
-            await route_to_lo(self.service_cidr, add=True)
+            for cidr in self.service_cidrs:
+                await route_to_lo(cidr, add=True)
         await self._reconcile()
         self._task = asyncio.create_task(self._run(), name="balancer")
 
@@ -63,8 +64,9 @@ class Balancer:
             await cancel(self._task)
         if self.mode == "nftables":
             await nft.delete()
-            with contextlib.suppress(OSError):
-                await route_to_lo(self.service_cidr, add=False)
+            for cidr in self.service_cidrs:
+                with contextlib.suppress(OSError):
+                    await route_to_lo(cidr, add=False)
         await self.proxy.close()
         await self.addresses.release_all()
 

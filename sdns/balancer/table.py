@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdns.model import Protocol, ServiceKey, ServiceType, SessionAffinity
+from sdns.model import Protocol, ServiceKey, ServiceType, SessionAffinity, ip_family
 from sdns.view import View
 
 
@@ -35,14 +35,16 @@ class Frontend:
 
 
 def frontends(view: View, key: ServiceKey) -> list[Frontend]:
-    """The frontends of one service (none unless it is a ClusterIP service)."""
+    """The frontends of one service: each port on each of its clusterIPs (none unless it is a
+    ClusterIP service). A VIP of one family goes to the endpoints of that family."""
     service = view.service(key)
-    if service is None or service.type is not ServiceType.CLUSTER_IP or not service.cluster_ip:
+    if service is None or service.type is not ServiceType.CLUSTER_IP:
         return []
     ready = view.ready_endpoints(key)
     return [
-        Frontend(key, port.name, service.cluster_ip, port.port, port.protocol,
-                 tuple(Backend(e.id, e.ip, e.port(port)) for e in ready),
+        Frontend(key, port.name, vip, port.port, port.protocol,
+                 tuple(Backend(e.id, e.ip, e.port(port)) for e in ready
+                       if ip_family(e.ip) is ip_family(vip)),
                  service.session_affinity, service.affinity_timeout)
-        for port in service.ports
+        for vip in service.cluster_ips for port in service.ports
     ]

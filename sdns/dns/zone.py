@@ -225,7 +225,7 @@ class Zone:
             return _Node({RecordType.CNAME: [RR(owner, RecordType.CNAME, ttl=self.ttl,
                                            rdata=CNAME(target))]})
         if service.type is ServiceType.CLUSTER_IP:
-            return self._address_node(owner, [service.cluster_ip] if service.cluster_ip else [])
+            return self._address_node(owner, list(service.cluster_ips))
         return self._address_node(owner, [e.ip for e in ready])
 
     def _srv_node(self, owner: DNSLabel, service: Service, ready: list[Endpoint],
@@ -239,7 +239,7 @@ class Zone:
         service_name = [service.name.encode(), service.namespace.encode(), b"svc", *self.origin]
         if service.type is ServiceType.CLUSTER_IP:  # one record, to the service's own name
             target = DNSLabel(service_name)
-            ips = [service.cluster_ip] if service.cluster_ip else []
+            ips = list(service.cluster_ips)
             return _Node({RecordType.SRV: [self._srv(owner, port.port, target)]},
                          self._address_records(target, ips))
         # headless: a record per hostname and port of the ready endpoints, to the hostname

@@ -11,7 +11,7 @@ import threading
 class TcpEndpoint:
     def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.sock.listen(128)

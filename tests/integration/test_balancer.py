@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -167,6 +168,29 @@ def test_timed_out_client_ip_affinity_is_forgotten(make_sdns: MakeSdns,
     assert process.api.get("/v1/balancer").body["services"][0]["affinities"] == 1
     wait_until(lambda: process.api.get("/v1/balancer").body["services"][0]["affinities"] == 0,
                timeout=5)
+
+def test_a_dual_stack_service_is_served_on_both_vips(make_sdns: MakeSdns) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("an IPv6 VIP outside ::1 goes on lo, which needs root")
+    process = make_sdns("--balancer", "userspace", "--service-cidr",
+                        "127.97.0.0/16,fd00:97::/112")
+    v4, v6 = TcpEndpoint("v4", "127.0.0.1"), TcpEndpoint("v6", "::1")
+    try:
+        vips = process.api.put("/v1/services/default/dual", {
+            "ipFamilyPolicy": "RequireDualStack",
+            "ports": [{"name": "http", "port": 8080}]}).body["clusterIPs"]
+        for server in (v4, v6):
+            process.api.put(f"/v1/services/default/dual/endpoints/{server.name}",
+                            {"ip": "::1" if server.name == "v6" else "127.0.0.1",
+                             "ports": {"http": server.port}})
+        for vip in vips:
+            wait_until(lambda vip=vip: _accepting(vip, 8080), timeout=5)
+        # each VIP spreads over the endpoints of its own family
+        assert {connect(vips[0], 8080) for _ in range(4)} == {"v4"}
+        assert {connect(vips[1], 8080) for _ in range(4)} == {"v6"}
+    finally:
+        v4.stop()
+        v6.stop()
 
 def test_balancer_table_counts_connections(balanced: SdnsProcess,
                                            servers: list[TcpEndpoint]) -> None:

@@ -13,6 +13,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import dns.rrset
 import pytest
 
@@ -109,6 +110,25 @@ def test_external_name_inside_the_zone_follows_its_target(sdns: SdnsProcess, ns:
     gone = sdns.query(f"alias.{ns}.{ZONE}")
     assert gone.rcode() == dns.rcode.NXDOMAIN
     assert names(gone.answer) == [(f"alias.{ns}.{ZONE}.", "CNAME", f"web.{ns}.{ZONE}.")]
+
+def test_dual_stack_service_answers_a_aaaa_and_both_ptrs(sdns: SdnsProcess, ns: str) -> None:
+    created = sdns.api.put(f"/v1/services/{ns}/dual", {
+        "ipFamilyPolicy": "PreferDualStack", "ports": [{"name": "http", "port": 80}]})
+    assert created.status == 201, created.body
+    v4, v6 = created.body["clusterIPs"]
+    assert (created.body["clusterIP"], created.body["ipFamilies"]) == (v4, ["IPv4", "IPv6"])
+    name = f"dual.{ns}.{ZONE}"
+    assert values(sdns.query(name, "A")) == [v4]
+    assert values(sdns.query(name, "AAAA")) == [v6]
+    srv = sdns.query(f"_http._tcp.{name}", "SRV")
+    assert names(srv.additional) == [(f"{name}.", "A", v4), (f"{name}.", "AAAA", v6)]
+    for ip in (v4, v6):
+        reverse = dns.reversename.from_address(ip).to_text()
+        assert values(sdns.query(reverse, "PTR")) == [f"{name}."]
+    assert sdns.api.delete(f"/v1/services/{ns}/dual").status == 204
+    assert sdns.query(name, "AAAA").rcode() == dns.rcode.NXDOMAIN
+    again = sdns.api.put(f"/v1/services/{ns}/again", {"clusterIP": v6})  # released with it
+    assert again.status == 201, again.body
 
 def test_headless_ptr_per_ready_endpoint(sdns: SdnsProcess, ns: str) -> None:
     sdns.api.put(f"/v1/services/{ns}/db", {"clusterIP": "None"})

@@ -9,8 +9,8 @@ WEB, DB, NEW = ServiceKey("d", "web"), ServiceKey("d", "db"), ServiceKey("d", "n
 
 def _view() -> View:
     view = View()
-    view.load(Snapshot(5, [Service("d", "web", cluster_ip="10.0.0.1"),
-                           Service("d", "db", cluster_ip="10.0.0.2")],
+    view.load(Snapshot(5, [Service("d", "web", cluster_ips=("10.0.0.1",)),
+                           Service("d", "db", cluster_ips=("10.0.0.2",))],
                        {WEB: [Endpoint("a", "10.1.0.1", "a"), Endpoint("b", "10.1.0.2", "b")],
                         DB: [Endpoint("x", "10.1.0.9", "x")]}))
     return view
@@ -18,8 +18,8 @@ def _view() -> View:
 
 def test_differences_take_the_view_to_the_snapshot() -> None:
     view = _view()
-    snapshot = Snapshot(9, [Service("d", "web", cluster_ip="10.0.0.1"),
-                            Service("d", "new", cluster_ip="10.0.0.3")],
+    snapshot = Snapshot(9, [Service("d", "web", cluster_ips=("10.0.0.1",)),
+                            Service("d", "new", cluster_ips=("10.0.0.3",))],
                         {WEB: [Endpoint("a", "10.1.0.1", "a"), Endpoint("b", "10.1.0.7", "b"),
                                Endpoint("c", "10.1.0.3", "c")],
                          NEW: [Endpoint("n", "10.1.0.4", "n")]})

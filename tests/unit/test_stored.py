@@ -8,6 +8,8 @@ from backends import stored
 from sdns.model import (
     Endpoint,
     Event,
+    IPFamily,
+    IPFamilyPolicy,
     Protocol,
     Service,
     ServiceKey,
@@ -17,7 +19,7 @@ from sdns.model import (
 )
 
 WEB = Service("default", "web", ports=(ServicePort("http", 80, target_port=8080), ServicePort(
-    "dns", 53, Protocol.UDP, 5353)), cluster_ip="10.96.0.10",
+    "dns", 53, Protocol.UDP, 5353)), cluster_ips=("10.96.0.10",),
     session_affinity=SessionAffinity.CLIENT_IP, affinity_timeout=60)
 
 
@@ -53,3 +55,16 @@ def test_decoded_values_share_their_port_lists() -> None:
                                                       (("http", 8080),)))) for i in range(2))
     assert a.ports is b.ports
     assert a.hostname is a.id
+
+
+def test_dual_stack_comes_back_equal_and_single_stack_values_stored_before_still_load() -> None:
+    dual = Service("default", "dual", cluster_ips=("10.96.0.11", "fd00:96::b"),
+                   ip_family_policy=IPFamilyPolicy.PREFER_DUAL_STACK)
+    assert dual.ip_families == (IPFamily.IPV4, IPFamily.IPV6)
+    assert stored.load_service(stored.dump(dual)) == dual
+    before = orjson.dumps({"namespace": "default", "name": "web", "type": "ClusterIP",
+                           "ports": [], "clusterIP": "10.96.0.10", "externalName": None,
+                           "sessionAffinity": "None", "sessionAffinityTimeout": 10800})
+    loaded = stored.load_service(before)
+    assert (loaded.cluster_ips, loaded.ip_families, loaded.ip_family_policy) == (
+        ("10.96.0.10",), (IPFamily.IPV4,), IPFamilyPolicy.SINGLE_STACK)

@@ -41,7 +41,7 @@ def _snapshot() -> Snapshot:
         services=[
             Service(NS, "web", ports=(ServicePort("http", 80, Protocol.TCP, 8080),
                                       ServicePort("dns", 53, Protocol.UDP)),
-                    cluster_ip="10.96.0.20"),
+                    cluster_ips=("10.96.0.20",)),
             Service(NS, "db", ServiceType.HEADLESS, ports=(ServicePort("sql", 3306),)),
             Service(NS, "nobody", ServiceType.HEADLESS),
             Service(NS, "ext", ServiceType.EXTERNAL_NAME, external_name="db.example.org"),
