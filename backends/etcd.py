@@ -4,8 +4,10 @@
     <prefix>/endpoints/<namespace>/<name>/<id>       endpoint JSON, on a lease when it has a ttl
     <prefix>/clusterips/<ip>                         "<namespace>/<name>" holding the address
 
-Revisions are etcd's; one watch on the prefix follows every change. A TTL is an etcd lease, so
-etcd itself expires an endpoint whatever happens to the replica that registered it.
+Revisions are etcd's; one watch on the prefix follows every change. A lease (and the lease of
+its own that an endpoint with a ttl gets) is an etcd lease, so etcd itself expires the
+endpoints it holds whatever happens to the replica that registered them; a renewal is one
+keepalive, which no watch sees.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from aetcd.utils import prefix_range_end
 from backends import stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound
-from sdns.model import Endpoint, Event, Service, ServiceKey
-from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -104,16 +106,23 @@ class EtcdBackend:
     def _ip_key(self, ip: str) -> bytes:
         return self._cluster_ips + ip.encode()
 
-    def _event(self, revision: int, put: bool, path: bytes, value: bytes) -> Event | None:
+    def _endpoint(self, kv: Any) -> Endpoint:
+        endpoint = stored.load_endpoint(kv.value)
+        if endpoint.ttl and endpoint.lease is None and kv.lease:
+            # stored before endpoints named their own lease: it is the key's
+            endpoint = replace(endpoint, lease=f"{kv.lease:x}")
+        return endpoint
+
+    def _event(self, revision: int, put: bool, path: bytes, kv: Any) -> Event | None:
         """The sdns event for a change to ``path``, or None for keys of no interest."""
         if path.startswith(self._services):
             namespace, name = path[len(self._services):].decode().split("/")
-            service = stored.load_service(value) if put else None
+            service = stored.load_service(kv.value) if put else None
             return Event(revision, "put" if put else "delete", ServiceKey(namespace, name), None,
                          service)
         if path.startswith(self._endpoints):
             namespace, name, endpoint_id = path[len(self._endpoints):].decode().split("/")
-            endpoint = stored.load_endpoint(value) if put else None
+            endpoint = self._endpoint(kv) if put else None
             return Event(revision, "put" if put else "delete", ServiceKey(namespace, name),
                          endpoint_id, endpoint)
         return None
@@ -151,7 +160,7 @@ class EtcdBackend:
         for kv in kvs:
             path = kv.key
             if path.startswith(endpoints):
-                endpoint = stored.load_endpoint(kv.value)
+                endpoint = self._endpoint(kv)
                 if folder is None or not path.startswith(folder):
                     folder = path[:path.rindex(b"/") + 1]
                     key = ServiceKey(*folder[len(endpoints):-1].decode().split("/"))
@@ -165,7 +174,7 @@ class EtcdBackend:
         try:
             async for change in _unavailable_iter(watch):
                 event = self._event(change.kv.mod_revision, change.kind == "PUT",
-                                    change.kv.key, change.kv.value)
+                                    change.kv.key, change.kv)
                 if event is not None:
                     yield event
         finally:
@@ -237,36 +246,19 @@ class EtcdBackend:
 
     @_unavailable
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
-        lease = await self.client.lease(endpoint.ttl) if endpoint.ttl else None
-        return await self._put_endpoint(key, endpoint, lease)
-
-    async def _put_endpoint(self, key: ServiceKey, endpoint: Endpoint, lease: Any) -> int:
-        body = stored.dump(endpoint)
-        revision = await self._commit(
-            [self._tx.version(self._service_key(key)) > 0],
-            [self._tx.put(self._endpoint_key(key, endpoint.id), body, lease=lease)])
+        lease = None if endpoint.lease is None else int(endpoint.lease, 16)
+        try:
+            revision = await self._commit(
+                [self._tx.version(self._service_key(key)) > 0],
+                [self._tx.put(self._endpoint_key(key, endpoint.id), stored.dump(endpoint),
+                              lease=lease)])
+        except aetcd.exceptions.ClientError as error:
+            if endpoint.lease is not None and "lease not found" in str(error):
+                raise LeaseNotFound(endpoint.lease) from None
+            raise
         if revision is None:
             raise NotFound(f"service {key} not found")
         return revision
-
-    @_unavailable
-    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
-        found = await self.client.get(self._endpoint_key(key, endpoint_id))
-        if found is None:
-            raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
-        endpoint = stored.load_endpoint(found.value)
-        if not endpoint.ttl:
-            return 0, endpoint
-        kept = await self.client.refresh_lease(found.lease)
-        if kept is None or kept.TTL <= 0:
-            raise NotFound(f"endpoint {endpoint_id} of service {key} has expired")
-        renewed = replace(endpoint, expires_at=time.time() + endpoint.ttl)
-        try:
-            return await self._put_endpoint(key, renewed, found.lease), renewed
-        except aetcd.exceptions.ClientError as error:
-            if "lease not found" in str(error):
-                raise NotFound(f"endpoint {endpoint_id} of service {key} has expired") from None
-            raise
 
     @_unavailable
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
@@ -274,6 +266,42 @@ class EtcdBackend:
         if deleted is None:
             raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
         return deleted.header.revision
+
+    # Leases are etcd's own: etcd expires them, and deletes what they hold in one revision.
+
+    @_unavailable
+    async def create_lease(self, ttl: int) -> Lease:
+        asked = time.time()  # etcd's deadline starts later, so this one is never after it
+        granted = await self.client.lease(ttl)
+        return Lease(f"{granted.id:x}", ttl, asked + ttl)
+
+    @_unavailable
+    async def renew_lease(self, lease_id: str) -> Lease:
+        asked = time.time()
+        kept = await self.client.refresh_lease(int(lease_id, 16))
+        if kept is None or kept.TTL <= 0:
+            raise NotFound(f"lease {lease_id} not found (expired?)")
+        return Lease(lease_id, kept.TTL, asked + kept.TTL)
+
+    @_unavailable
+    async def get_lease(self, lease_id: str) -> Lease | None:
+        info = await self.client.get_lease_info(int(lease_id, 16), keys=True)
+        if info.TTL <= 0:
+            return None
+        # TTL counts whole seconds left, rounded down: the deadline is no later than said
+        return Lease(lease_id, info.grantedTTL, time.time() + info.TTL, len(info.keys))
+
+    @_unavailable
+    async def delete_lease(self, lease_id: str) -> int:
+        request = aetcd.rpc.LeaseRevokeRequest(ID=int(lease_id, 16))
+        try:
+            revoked = await self.client.leasestub.LeaseRevoke(
+                request, timeout=REQUEST_TIMEOUT, metadata=self.client.metadata)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"lease {lease_id} not found") from None
+            raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}") from None
+        return revoked.header.revision
 
 
 async def _unavailable_iter(watch: Any) -> AsyncIterator[Any]:

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field
 
 from sdns.config import Config
 from sdns.errors import NotFound
-from sdns.model import Endpoint, Event, Service, ServiceKey
-from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
 
 # Events kept for watchers that resume from an older revision.
 HISTORY = 10_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    id: str
+    ttl: int
+    expires_at: float
+    holders: set[tuple[ServiceKey, str]] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+    def value(self) -> Lease:
+        return Lease(self.id, self.ttl, self.expires_at, len(self.holders))
 
 
 class MemoryBackend:
@@ -23,7 +36,7 @@ class MemoryBackend:
         self._services: dict[ServiceKey, Service] = {}
         self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
         self._cluster_ips: dict[str, ServiceKey] = {}
-        self._expiry: dict[tuple[ServiceKey, str], asyncio.TimerHandle] = {}
+        self._leases: dict[str, _Lease] = {}
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self._watchers: set[asyncio.Queue[Event]] = set()
 
@@ -38,9 +51,10 @@ class MemoryBackend:
         pass
 
     async def close(self) -> None:
-        for handle in self._expiry.values():
-            handle.cancel()
-        self._expiry.clear()
+        for lease in self._leases.values():
+            if lease.timer is not None:
+                lease.timer.cancel()
+        self._leases.clear()
 
     async def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -92,8 +106,8 @@ class MemoryBackend:
         for ip in service.cluster_ips:
             del self._cluster_ips[ip]
         revision = self._next_revision()
-        for endpoint_id in self._endpoints.pop(key, {}):
-            self._cancel_expiry(key, endpoint_id)
+        for endpoint_id, endpoint in self._endpoints.pop(key, {}).items():
+            self._release(key, endpoint)
             self._publish(Event(revision, "delete", key, endpoint_id))
         self._publish(Event(revision, "delete", key))
         return revision
@@ -102,28 +116,77 @@ class MemoryBackend:
         endpoints = self._endpoints.get(key)
         if endpoints is None:
             raise NotFound(f"service {key} not found")
+        lease = None if endpoint.lease is None else self._leases.get(endpoint.lease)
+        if endpoint.lease is not None and lease is None:
+            raise LeaseNotFound(endpoint.lease)
+        old = endpoints.get(endpoint.id)
+        if old is not None:
+            self._release(key, old)
         endpoints[endpoint.id] = endpoint
-        self._schedule_expiry(key, endpoint)
+        if lease is not None:
+            lease.holders.add((key, endpoint.id))
         revision = self._next_revision()
         self._publish(Event(revision, "put", key, endpoint.id, endpoint))
         return revision
 
-    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
-        endpoint = self._endpoints.get(key, {}).get(endpoint_id)
-        if endpoint is None:
-            raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
-        if endpoint.ttl == 0:
-            return self._revision, endpoint
-        renewed = replace(endpoint, expires_at=time.time() + endpoint.ttl)
-        return await self.put_endpoint(key, renewed), renewed
-
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
-        if self._endpoints.get(key, {}).pop(endpoint_id, None) is None:
+        endpoint = self._endpoints.get(key, {}).pop(endpoint_id, None)
+        if endpoint is None:
             raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
-        self._cancel_expiry(key, endpoint_id)
+        self._release(key, endpoint)
         revision = self._next_revision()
         self._publish(Event(revision, "delete", key, endpoint_id))
         return revision
+
+    # Leases
+
+    async def create_lease(self, ttl: int) -> Lease:
+        lease = _Lease(uuid.uuid4().hex[:16], ttl, time.time() + ttl)
+        self._leases[lease.id] = lease
+        self._schedule(lease)
+        return lease.value()
+
+    async def renew_lease(self, lease_id: str) -> Lease:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id} not found (expired?)")
+        lease.expires_at = time.time() + lease.ttl
+        self._schedule(lease)
+        return lease.value()
+
+    async def get_lease(self, lease_id: str) -> Lease | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.value()
+
+    async def delete_lease(self, lease_id: str) -> int:
+        if lease_id not in self._leases:
+            raise NotFound(f"lease {lease_id} not found")
+        return self._end_lease(lease_id)
+
+    def _schedule(self, lease: _Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+        delay = max(0.0, lease.expires_at - time.time())
+        lease.timer = asyncio.get_running_loop().call_later(delay, self._end_lease, lease.id)
+
+    def _end_lease(self, lease_id: str) -> int:
+        """Drop the lease and delete every endpoint it holds, in one revision."""
+        lease = self._leases.pop(lease_id)
+        if lease.timer is not None:
+            lease.timer.cancel()
+        if not lease.holders:
+            return self._revision
+        revision = self._next_revision()
+        for key, endpoint_id in sorted(lease.holders):
+            del self._endpoints[key][endpoint_id]
+            self._publish(Event(revision, "delete", key, endpoint_id))
+        return revision
+
+    def _release(self, key: ServiceKey, endpoint: Endpoint) -> None:
+        """``endpoint`` is going: its lease holds it no longer."""
+        lease = None if endpoint.lease is None else self._leases.get(endpoint.lease)
+        if lease is not None:
+            lease.holders.discard((key, endpoint.id))
 
     def _next_revision(self) -> int:
         self._revision += 1
@@ -133,21 +196,3 @@ class MemoryBackend:
         self._history.append(event)
         for queue in self._watchers:
             queue.put_nowait(event)
-
-    def _schedule_expiry(self, key: ServiceKey, endpoint: Endpoint) -> None:
-        self._cancel_expiry(key, endpoint.id)
-        if endpoint.expires_at is None:
-            return
-        delay = max(0.0, endpoint.expires_at - time.time())
-        loop = asyncio.get_running_loop()
-        self._expiry[key, endpoint.id] = loop.call_later(delay, self._expire, key, endpoint.id)
-
-    def _cancel_expiry(self, key: ServiceKey, endpoint_id: str) -> None:
-        handle = self._expiry.pop((key, endpoint_id), None)
-        if handle is not None:
-            handle.cancel()
-
-    def _expire(self, key: ServiceKey, endpoint_id: str) -> None:
-        self._expiry.pop((key, endpoint_id), None)
-        if self._endpoints.get(key, {}).pop(endpoint_id, None) is not None:
-            self._publish(Event(self._next_revision(), "delete", key, endpoint_id))

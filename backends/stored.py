@@ -15,7 +15,8 @@ from sdns.model import Endpoint, Event, Service
 
 
 def dump(value: Service | Endpoint) -> bytes:
-    return orjson.dumps(value.to_json())
+    return orjson.dumps(value.to_json(stored=True) if isinstance(value, Endpoint)
+                        else value.to_json())
 
 
 def load_service(data: bytes) -> Service:
@@ -27,7 +28,7 @@ def load_endpoint(data: bytes) -> Endpoint:
 
 
 def dump_events(events: list[Event]) -> bytes:
-    return orjson.dumps([event.to_json() for event in events])
+    return orjson.dumps([event.to_json(stored=True) for event in events])
 
 
 def load_events(data: bytes) -> list[Event]:

@@ -8,9 +8,15 @@
     <prefix>/reaper                                   election of the replica that expires TTLs
 
 Every write is one ZooKeeper transaction that bumps the revision, changes the data and appends
-the log entry, so followers read one ordered stream with revisions, as from etcd. ZooKeeper has
-no TTL that kazoo can use, so one replica, elected, deletes endpoints past their expiresAt; each
-deletion is checked against the znode version, so a heartbeat that lands first wins.
+the log entry, so followers read one ordered stream with revisions, as from etcd.
+
+    <prefix>/leases/<id>                              {"ttl", "expiresAt"} of a lease
+    <prefix>/leases/<id>/<namespace>.<name>.<id>      an endpoint it holds (labels have no dots)
+
+ZooKeeper has no TTL that kazoo can use, so leases are znodes. A renewal is one set of the
+lease's data with its version, outside the log: no follower sees it. One replica, elected,
+reads each lease when it is due and, if it is still past its deadline, deletes it and the
+endpoints it holds in one transaction, one revision.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
@@ -40,8 +47,8 @@ from kazoo.protocol.states import KazooState
 from backends import stored
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, NotFound, SdnsError
-from sdns.model import Endpoint, Event, Service, ServiceKey
-from sdns.store import ClusterIPTaken, Compacted, ServiceExists, Snapshot
+from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
+from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
 from sdns.tasks import cancel
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ REQUEST_TIMEOUT = 5.0
 WRITE_ATTEMPTS = 50
 HISTORY = 10_000  # log entries kept for followers that resume
 REAP_INTERVAL = 0.2
+LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new ones
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
 
 
@@ -76,9 +84,10 @@ class ZooKeeperBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
         self._log_written = asyncio.Event()
-        # Deadlines of endpoints with a TTL, as seen by this replica: what the reaper expires.
-        self._deadlines: dict[tuple[ServiceKey, str], float] = {}
-        self._deadline_heap: list[tuple[float, ServiceKey, str]] = []
+        # The leases the reaper knows, and when each is due as last read: it reads a lease
+        # again when due, since a renewal through another replica tells nobody.
+        self._leases: set[str] = set()
+        self._due: list[tuple[float, str]] = []
         self._leading = threading.Event()
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,7 +142,8 @@ class ZooKeeperBackend:
             raise BackendUnavailable(f"zookeeper: cannot connect to {','.join(self.hosts)}"
                                      ) from None
         self.zk.add_listener(self._notify)
-        for path in ("revision", "log", "services", "endpoints", "clusterips", "reaper"):
+        for path in ("revision", "log", "services", "endpoints", "clusterips", "leases",
+                     "reaper"):
             await asyncio.to_thread(self.zk.ensure_path, f"{self._root}/{path}")
         threading.Thread(target=self._elect, name="sdns-reaper-election", daemon=True).start()
         self._tasks.append(asyncio.create_task(self._reap(), name="zookeeper-reaper"))
@@ -161,6 +171,17 @@ class ZooKeeperBackend:
 
     def _ip_path(self, ip: str) -> str:
         return f"{self._root}/clusterips/{ip}"
+
+    def _lease_path(self, lease_id: str) -> str:
+        return f"{self._root}/leases/{lease_id}"
+
+    def _holder_path(self, lease_id: str, key: ServiceKey, endpoint_id: str) -> str:
+        """The index entry saying that lease holds the endpoint (labels have no dots)."""
+        return f"{self._lease_path(lease_id)}/{key.namespace}.{key.name}.{endpoint_id}"
+
+    async def _endpoint(self, path: str) -> tuple[Endpoint, Any] | None:
+        found = await self._get(path)
+        return None if found is None else (stored.load_endpoint(found[0]), found[1])
 
     async def _get(self, path: str) -> tuple[bytes, Any] | None:
         try:
@@ -192,13 +213,10 @@ class ZooKeeperBackend:
         services = await self._read_tree(f"{self._root}/services", 2)
         endpoints = await self._read_tree(f"{self._root}/endpoints", 3)
         snapshot.services.extend(stored.load_service(data) for _, data in services)
-        self._deadlines.clear()
-        self._deadline_heap.clear()
         for (namespace, name, _), data in endpoints:
             endpoint = stored.load_endpoint(data)
             key = ServiceKey(namespace, name)
             snapshot.endpoints.setdefault(key, []).append(endpoint)
-            self._track(key, endpoint.id, endpoint)
         return snapshot
 
     async def _read_tree(self, root: str, depth: int) -> list[tuple[tuple[str, ...], bytes]]:
@@ -228,8 +246,6 @@ class ZooKeeperBackend:
                     await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
                 continue
             for event in stored.load_events(entry[0]):
-                if event.endpoint_id is not None:
-                    self._track(event.key, event.endpoint_id, event.value)
                 yield event
             following += 1
 
@@ -302,6 +318,10 @@ class ZooKeeperBackend:
                 raise NotFound(f"service {key} not found")
             endpoint_ids = await self._children(self._endpoints_path(key))
             ops = [_Op("delete", (f"{self._endpoints_path(key)}/{i}",)) for i in endpoint_ids]
+            held = await asyncio.gather(*(self._endpoint(f"{self._endpoints_path(key)}/{i}")
+                                          for i in endpoint_ids))
+            ops += [_Op("delete", (self._holder_path(found[0].lease, key, found[0].id),))
+                    for found in held if found is not None and found[0].lease is not None]
             ops.append(_Op("delete", (path, current[1].version)))
             events = [Event(revision, "delete", key, i) for i in endpoint_ids]
             events.append(Event(revision, "delete", key))
@@ -314,62 +334,107 @@ class ZooKeeperBackend:
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
         path = f"{self._endpoints_path(key)}/{endpoint.id}"
         body = stored.dump(endpoint)
+        lease = endpoint.lease
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
-            exists = await self._call("exists", path)
+            current = await self._endpoint(path)
             ops = [_Op("check", (self._service_path(key), -1),
                        NotFound(f"service {key} not found"))]
-            ops.append(_Op("create", (path, body)) if exists is None
-                       else _Op("set_data", (path, body, exists.version)))
+            if lease is not None:
+                ops.append(_Op("check", (self._lease_path(lease), -1), LeaseNotFound(lease)))
+            ops.append(_Op("create", (path, body)) if current is None
+                       else _Op("set_data", (path, body, current[1].version)))
+            before = None if current is None else current[0].lease
+            if before != lease:
+                if before is not None:
+                    ops.append(_Op("delete", (self._holder_path(before, key, endpoint.id),)))
+                if lease is not None:
+                    ops.append(_Op("create", (self._holder_path(lease, key, endpoint.id), b""),
+                                   LeaseNotFound(lease)))
             return ops, [Event(revision, "put", key, endpoint.id, endpoint)]
 
         return await self._write(plan)
-
-    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
-        path = f"{self._endpoints_path(key)}/{endpoint_id}"
-        gone = NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
-        renewed: list[Endpoint] = []
-
-        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
-            current = await self._get(path)
-            if current is None:
-                raise gone
-            endpoint = stored.load_endpoint(current[0])
-            if endpoint.expires_at is not None and endpoint.expires_at <= time.time():
-                raise gone  # past its deadline: the reaper is about to remove it
-            endpoint = replace(endpoint, expires_at=time.time() + endpoint.ttl)
-            renewed[:] = [endpoint]
-            body = stored.dump(endpoint)
-            return ([_Op("set_data", (path, body, current[1].version))],
-                    [Event(revision, "put", key, endpoint_id, endpoint)])
-
-        current = await self._get(path)
-        if current is None:
-            raise gone
-        endpoint = stored.load_endpoint(current[0])
-        if not endpoint.ttl:
-            return 0, endpoint  # nothing to renew; the plan reads again under the write lock
-        revision = await self._write(plan)
-        return revision, renewed[0]
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
         path = f"{self._endpoints_path(key)}/{endpoint_id}"
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
-            if await self._call("exists", path) is None:
+            current = await self._endpoint(path)
+            if current is None:
                 raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
-            return [_Op("delete", (path,))], [Event(revision, "delete", key, endpoint_id)]
+            ops = [_Op("delete", (path, current[1].version))]
+            if current[0].lease is not None:
+                ops.append(_Op("delete", (self._holder_path(current[0].lease, key,
+                                                            endpoint_id),)))
+            return ops, [Event(revision, "delete", key, endpoint_id)]
 
         return await self._write(plan)
 
-    # Expiry
+    # Leases: a znode whose data holds ttl and expiresAt, and one child per endpoint it holds.
+    # A renewal is one set of that data, outside the log, so no follower sees it.
 
-    def _track(self, key: ServiceKey, endpoint_id: str, endpoint: Any) -> None:
-        if isinstance(endpoint, Endpoint) and endpoint.expires_at is not None:
-            self._deadlines[key, endpoint_id] = endpoint.expires_at
-            heapq.heappush(self._deadline_heap, (endpoint.expires_at, key, endpoint_id))
-        else:
-            self._deadlines.pop((key, endpoint_id), None)
+    async def create_lease(self, ttl: int) -> Lease:
+        lease = Lease(uuid.uuid4().hex[:16], ttl, time.time() + ttl)
+        await self._call("create", self._lease_path(lease.id), _lease_data(lease))
+        self._know(lease.id, lease.expires_at)
+        return lease
+
+    async def _read_lease(self, lease_id: str) -> tuple[Lease, Any] | None:
+        found = await self._get(self._lease_path(lease_id))
+        if found is None:
+            return None
+        data = orjson.loads(found[0])
+        return Lease(lease_id, data["ttl"], data["expiresAt"]), found[1]
+
+    async def renew_lease(self, lease_id: str) -> Lease:
+        for _ in range(WRITE_ATTEMPTS):
+            found = await self._read_lease(lease_id)
+            if found is None or found[0].expires_at <= time.time():
+                # past its deadline, the reaper is about to remove it
+                raise NotFound(f"lease {lease_id} not found (expired?)")
+            renewed = replace(found[0], expires_at=time.time() + found[0].ttl)
+            try:
+                await self._call("set", self._lease_path(lease_id), _lease_data(renewed),
+                                 found[1].version)
+            except BadVersionError:
+                continue  # renewed or reaped meanwhile: read again
+            except NoNodeError:
+                break
+            return renewed
+        raise NotFound(f"lease {lease_id} not found (expired?)")
+
+    async def get_lease(self, lease_id: str) -> Lease | None:
+        found, holders = await asyncio.gather(self._read_lease(lease_id),
+                                              self._children(self._lease_path(lease_id)))
+        if found is None or found[0].expires_at <= time.time():
+            return None
+        return replace(found[0], endpoints=len(holders))
+
+    async def delete_lease(self, lease_id: str) -> int:
+        return await self._end_lease(lease_id, due=False)
+
+    async def _end_lease(self, lease_id: str, due: bool) -> int:
+        """Delete the lease and every endpoint it holds, in one revision; with ``due``, only
+        when it is past its deadline (``NotFound`` otherwise, and when it is gone)."""
+        path = self._lease_path(lease_id)
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            found = await self._read_lease(lease_id)
+            if found is None:
+                raise NotFound(f"lease {lease_id} not found")
+            if due and found[0].expires_at > time.time():
+                raise NotFound("renewed")
+            ops, events = [], []
+            for holder in await self._children(path):
+                namespace, name, endpoint_id = holder.split(".")
+                key = ServiceKey(namespace, name)
+                ops += [_Op("delete", (f"{self._endpoints_path(key)}/{endpoint_id}",)),
+                        _Op("delete", (f"{path}/{holder}",))]
+                events.append(Event(revision, "delete", key, endpoint_id))
+            ops.append(_Op("delete", (path, found[1].version)))
+            return ops, events
+
+        return await self._write(plan)
 
     def _elect(self) -> None:
         """On its own thread: stand in the election until this process stops."""
@@ -391,38 +456,54 @@ class ZooKeeperBackend:
 
     async def _reap(self) -> None:
         trimmed = 0
+        scanned = 0.0
         while True:
             await asyncio.sleep(REAP_INTERVAL)
             if not self._leading.is_set():
+                self._leases.clear()  # a leader learns them all again
+                self._due.clear()
                 continue
             try:
+                if time.monotonic() - scanned >= LEASE_SCAN_INTERVAL:
+                    scanned = time.monotonic()
+                    await self._learn_leases()
                 await self._expire_due()
                 trimmed = await self._trim_log(trimmed)
             except (BackendUnavailable, NoNodeError) as error:
                 log.debug("reaper: %s", error)
 
+    def _know(self, lease_id: str, due: float) -> None:
+        if self._leading.is_set():
+            self._leases.add(lease_id)
+            heapq.heappush(self._due, (due, lease_id))
+
+    async def _learn_leases(self) -> None:
+        """Learn the leases other replicas made, and forget those gone."""
+        present = set(await self._children(f"{self._root}/leases"))
+        self._leases &= present
+        new = sorted(present - self._leases)
+        for lease_id, found in zip(new, await asyncio.gather(
+                *(self._read_lease(i) for i in new)), strict=True):
+            if found is not None:
+                self._know(lease_id, found[0].expires_at)
+
     async def _expire_due(self) -> None:
+        """End the leases past their deadline; one renewed since it was last read is due
+        again at its new deadline."""
         now = time.time()
-        heap = self._deadline_heap
-        while heap and heap[0][0] <= now:
-            deadline, key, endpoint_id = heapq.heappop(heap)
-            if self._deadlines.get((key, endpoint_id)) != deadline:
-                continue  # renewed or deleted since
-            path = f"{self._endpoints_path(key)}/{endpoint_id}"
-
-            async def plan(revision: int, path: str = path, key: ServiceKey = key,
-                           endpoint_id: str = endpoint_id) -> tuple[list[_Op], list[Event]]:
-                current = await self._get(path)
-                if current is None:
-                    raise NotFound("deleted already")
-                endpoint = stored.load_endpoint(current[0])
-                if endpoint.expires_at is None or endpoint.expires_at > time.time():
-                    raise NotFound("renewed")
-                return ([_Op("delete", (path, current[1].version), NotFound("renewed"))],
-                        [Event(revision, "delete", key, endpoint_id)])
-
-            with contextlib.suppress(NotFound):
-                await self._write(plan)
+        while self._due and self._due[0][0] <= now:
+            _, lease_id = heapq.heappop(self._due)
+            if lease_id not in self._leases:
+                continue
+            found = await self._read_lease(lease_id)
+            if found is None:
+                self._leases.discard(lease_id)
+            elif found[0].expires_at > now:
+                heapq.heappush(self._due, (found[0].expires_at, lease_id))
+            else:
+                with contextlib.suppress(NotFound):
+                    await self._end_lease(lease_id, due=True)
+                self._leases.discard(lease_id)
 
     async def _trim_log(self, trimmed: int) -> int:
         """Delete log entries older than the last ``HISTORY``; returns the new low mark."""
@@ -448,3 +529,7 @@ def _set(future: asyncio.Future[Any], value: Any, error: BaseException | None) -
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def _lease_data(lease: Lease) -> bytes:
+    return orjson.dumps({"ttl": lease.ttl, "expiresAt": lease.expires_at})

@@ -207,14 +207,17 @@ class Endpoint:
     hostname: str
     ports: PortMap = ()  # (port name, number), sorted by name
     ready: bool = True
-    ttl: int = 0  # seconds; 0 never expires
-    expires_at: float | None = None  # Unix time; None when ttl is 0
+    ttl: int = 0  # seconds; 0 never expires, unless it is held by a lease
+    expires_at: float | None = None  # Unix time, as the write saw it; None without ttl or lease
+    # The lease that holds it: one registered with "lease", or, with a ttl, a lease of its own
+    # that a heartbeat renews (kept in the stored form, not shown in the API)
+    lease: str | None = None
 
     def port(self, service_port: ServicePort) -> int:
         """The number this endpoint serves ``service_port`` on."""
         return dict(self.ports).get(service_port.name, service_port.target)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, stored: bool = False) -> dict[str, Any]:
         return {
             "id": self.id,
             "ip": self.ip,
@@ -222,6 +225,7 @@ class Endpoint:
             "ports": dict(self.ports),
             "ready": self.ready,
             "ttl": self.ttl,
+            "lease": self.lease if stored or not self.ttl else None,
             "expiresAt": _timestamp(self.expires_at),
         }
 
@@ -238,7 +242,22 @@ class Endpoint:
             ready=data.get("ready", True),
             ttl=data.get("ttl", 0),
             expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,
+            lease=data.get("lease"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A deadline that keeps every endpoint it holds alive; one renewal renews them all."""
+
+    id: str
+    ttl: int  # seconds a renewal adds
+    expires_at: float  # Unix time
+    endpoints: int = 0  # how many endpoints it holds, when the store says
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ttl": self.ttl, "expiresAt": _timestamp(self.expires_at),
+                "endpoints": self.endpoints}
 
 
 Action = Literal["put", "delete"]
@@ -255,7 +274,8 @@ class Event:
     endpoint_id: str | None = None
     value: Service | Endpoint | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, stored: bool = False) -> dict[str, Any]:
+        value = self.value
         return {
             "revision": self.revision,
             "action": self.action,
@@ -263,7 +283,8 @@ class Event:
             "namespace": self.key.namespace,
             "service": self.key.name,
             "id": self.endpoint_id,
-            "object": None if self.value is None else self.value.to_json(),
+            "object": None if value is None else
+            value.to_json(stored) if isinstance(value, Endpoint) else value.to_json(),
         }
 
     @classmethod

@@ -6,19 +6,21 @@ of claiming what did not happen."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from sdns import validation
 from sdns.cluster_ip import ClusterIPRange, ClusterIPRanges
-from sdns.errors import Conflict, Invalid, NotFound, NotYetVisible
+from sdns.errors import BackendUnavailable, Conflict, Invalid, NotFound, NotYetVisible
 from sdns.model import (
     Endpoint,
     Event,
     IPFamily,
     IPFamilyPolicy,
+    Lease,
     Protocol,
     Service,
     ServiceKey,
@@ -28,7 +30,7 @@ from sdns.model import (
     ip_family,
     shared_ports,
 )
-from sdns.store import Backend, ClusterIPTaken, ServiceExists
+from sdns.store import Backend, ClusterIPTaken, LeaseNotFound, ServiceExists
 from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
@@ -58,9 +60,16 @@ class Registry:
             raise NotFound(f"service {key} not found")
         return service
 
-    def endpoints(self, key: ServiceKey) -> list[Endpoint]:
+    async def endpoints(self, key: ServiceKey) -> list[Endpoint]:
+        """The endpoints of a service, with the deadlines their leases have now: a renewal
+        changes no stored endpoint, so the view holds the deadline of the last write."""
         self.service(key)
-        return self.watcher.view.endpoints(key)
+        endpoints = self.watcher.view.endpoints(key)
+        held = sorted({e.lease for e in endpoints if e.lease is not None})
+        found = await asyncio.gather(*(self.backend.get_lease(i) for i in held))
+        deadlines = {lease.id: lease.expires_at for lease in found if lease is not None}
+        return [e if e.lease not in deadlines else replace(e, expires_at=deadlines[e.lease])
+                for e in endpoints]
 
     @property
     def revision(self) -> int:
@@ -87,7 +96,8 @@ class Registry:
 
     async def put_endpoint(self, key: ServiceKey, endpoint_id: str,
                            body: Any) -> tuple[Endpoint, bool]:
-        """Register or replace an endpoint, creating its service when there is none."""
+        """Register or replace an endpoint, creating its service when there is none. With a
+        ttl the endpoint gets a lease of its own, which a heartbeat renews."""
         request = validation.endpoint(endpoint_id, body)
         # The local view spares a round trip; the backend still refuses the write atomically
         # when the service is gone.
@@ -101,6 +111,14 @@ class Registry:
             if service.port(name) is None:
                 raise Invalid(f"service {key} has no port named {name!r}", f"ports.{name}")
         ports = {p.name: p.target for p in service.ports} | request.ports
+        if request.ttl:
+            lease: Lease | None = await self.backend.create_lease(request.ttl)
+        elif request.lease is not None:
+            lease = await self.backend.get_lease(request.lease)
+            if lease is None:
+                raise LeaseNotFound(request.lease)
+        else:
+            lease = None
         endpoint = Endpoint(
             id=request.id,
             ip=request.ip,
@@ -108,19 +126,62 @@ class Registry:
             ports=shared_ports(tuple(sorted(ports.items()))),
             ready=request.ready,
             ttl=request.ttl,
-            expires_at=time.time() + request.ttl if request.ttl else None,
+            expires_at=None if lease is None else lease.expires_at,
+            lease=None if lease is None else lease.id,
         )
-        created = self.watcher.view.endpoint(key, request.id) is None
-        await self._settle(await self.backend.put_endpoint(key, endpoint))
-        return endpoint, created
+        old = self.watcher.view.endpoint(key, request.id)
+        try:
+            revision = await self.backend.put_endpoint(key, endpoint)
+        except BaseException:
+            if request.ttl and lease is not None:
+                await self._drop_own_lease(lease.id)
+            raise
+        if old is not None and old.ttl and old.lease not in (None, endpoint.lease):
+            await self._drop_own_lease(old.lease)  # it holds nothing now
+        await self._settle(revision)
+        return endpoint, old is None
 
     async def heartbeat(self, key: ServiceKey, endpoint_id: str) -> Endpoint:
-        revision, endpoint = await self.backend.renew_endpoint(key, endpoint_id)
-        await self._settle(revision)
-        return endpoint
+        """Renew the lease that holds the endpoint: nothing anyone watches changes."""
+        endpoint = self.watcher.view.endpoint(key, endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
+        if endpoint.lease is None:
+            return endpoint  # it never expires
+        try:
+            lease = await self.backend.renew_lease(endpoint.lease)
+        except NotFound:
+            raise NotFound(f"endpoint {endpoint_id} of service {key} has expired") from None
+        return replace(endpoint, expires_at=lease.expires_at)
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
+        old = self.watcher.view.endpoint(key, endpoint_id)
         await self._settle(await self.backend.delete_endpoint(key, endpoint_id))
+        if old is not None and old.ttl and old.lease is not None:
+            await self._drop_own_lease(old.lease)
+
+    async def _drop_own_lease(self, lease_id: str) -> None:
+        """A lease made for one endpoint's ttl that holds it no longer; if this fails, it
+        expires by itself within the ttl."""
+        with contextlib.suppress(NotFound, BackendUnavailable):
+            await self.backend.delete_lease(lease_id)
+
+    # Leases
+
+    async def create_lease(self, body: Any) -> Lease:
+        return await self.backend.create_lease(validation.lease_ttl(body))
+
+    async def renew_lease(self, lease_id: str) -> Lease:
+        return await self.backend.renew_lease(lease_id)
+
+    async def lease(self, lease_id: str) -> Lease:
+        lease = await self.backend.get_lease(lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id} not found (expired?)")
+        return lease
+
+    async def delete_lease(self, lease_id: str) -> None:
+        await self._settle(await self.backend.delete_lease(lease_id))
 
     async def _create_for_endpoint(self, key: ServiceKey, ports: dict[str, int]) -> Service:
         """The one-call path: a ClusterIP service whose ports are the endpoint's."""

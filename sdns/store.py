@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
-from sdns.errors import Conflict
-from sdns.model import Endpoint, Event, Service, ServiceKey
+from sdns.errors import Conflict, Invalid
+from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 
 if TYPE_CHECKING:
     from sdns.config import Config
@@ -31,6 +31,15 @@ class ClusterIPTaken(Conflict):
 class ServiceExists(Conflict):
     def __init__(self, key: ServiceKey) -> None:
         super().__init__(f"service {key} already exists")
+
+
+class LeaseNotFound(Invalid):
+    """An endpoint names a lease that does not exist, or no longer does."""
+
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(f"lease {lease_id} does not exist (expired, deleted, or never made)",
+                         "lease")
+        self.lease_id = lease_id
 
 
 class Compacted(Exception):
@@ -74,14 +83,28 @@ class Backend(Protocol):
         ...
 
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
-        """Store ``endpoint``, expiring it at ``expires_at``; ``NotFound`` without service."""
-        ...
-
-    async def renew_endpoint(self, key: ServiceKey, endpoint_id: str) -> tuple[int, Endpoint]:
-        """Push the endpoint's deadline to now + ttl; ``NotFound`` once it has expired."""
+        """Store ``endpoint``, held by its ``lease`` when it has one (``LeaseNotFound`` when
+        that lease is gone); ``NotFound`` without service."""
         ...
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int: ...
+
+    # Leases: a renewal changes no stored value anyone watches, so it makes no event; when a
+    # lease expires or is deleted, every endpoint it holds is deleted in one revision.
+
+    async def create_lease(self, ttl: int) -> Lease: ...
+
+    async def renew_lease(self, lease_id: str) -> Lease:
+        """Push the lease's deadline to now + ttl; ``NotFound`` once it has expired."""
+        ...
+
+    async def get_lease(self, lease_id: str) -> Lease | None:
+        """The lease with how many endpoints it holds; None once expired or deleted."""
+        ...
+
+    async def delete_lease(self, lease_id: str) -> int:
+        """Delete the lease and its endpoints; the revision of that change. ``NotFound``."""
+        ...
 
 
 def names() -> list[str]:

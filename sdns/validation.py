@@ -239,11 +239,33 @@ class EndpointRequest:
     ports: dict[str, int]
     ready: bool
     ttl: int
+    lease: str | None
+
+
+_LEASE_ID = re.compile(r"[0-9a-f]{1,32}")
+MAX_LEASE_TTL = 86400
+
+
+def lease_id(value: Any, field: str) -> str:
+    """A lease id as sdns hands them out: 1 to 32 lowercase hex digits."""
+    if not isinstance(value, str) or not _LEASE_ID.fullmatch(value):
+        raise Invalid(f"{field} must be a lease id (1 to 32 lowercase hex digits)", field)
+    return value
+
+
+def lease_ttl(body: Any) -> int:
+    """The ttl of a lease to create: ``{"ttl": seconds}``."""
+    data = _object(body, {"ttl"}, "lease")
+    ttl = data.get("ttl")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LEASE_TTL:
+        raise Invalid(f"ttl must be a whole number of seconds from 1 to {MAX_LEASE_TTL}", "ttl")
+    return ttl
 
 
 def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
     endpoint_id = label(endpoint_id, "id")
-    data = _object(body, {"id", "ip", "hostname", "ports", "ready", "ttl"}, "endpoint")
+    data = _object(body, {"id", "ip", "hostname", "ports", "ready", "ttl", "lease"},
+                   "endpoint")
     _matches_path(data, "id", endpoint_id)
     if "ip" not in data:
         raise Invalid("ip is required", "ip")
@@ -259,6 +281,11 @@ def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
         ttl = 0
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
         raise Invalid(f"ttl must be a whole number of seconds from 0 to {MAX_TTL}", "ttl")
+    lease = data.get("lease")
+    if lease is not None:
+        lease = lease_id(lease, "lease")
+        if ttl:
+            raise Invalid("an endpoint lives by a lease or by its own ttl, not both", "lease")
     return EndpointRequest(
         id=endpoint_id,
         ip=ip_address(data["ip"], "ip"),
@@ -269,4 +296,5 @@ def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
         },
         ready=ready,
         ttl=ttl,
+        lease=lease,
     )

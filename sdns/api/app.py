@@ -11,9 +11,9 @@ from aiohttp import web
 
 from sdns.balancer.balancer import Balancer
 from sdns.errors import BackendUnavailable, Invalid, SdnsError
-from sdns.model import ServiceKey
+from sdns.model import Lease, ServiceKey
 from sdns.registry import Registry
-from sdns.validation import label, service_key
+from sdns.validation import label, lease_id, service_key
 
 MAX_BODY = 64 * 1024
 READY_TIMEOUT = 2.0
@@ -117,7 +117,7 @@ async def delete_service(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    endpoints = _registry(request).endpoints(_key(request))
+    endpoints = await _registry(request).endpoints(_key(request))
     return web.json_response({"endpoints": [e.to_json() for e in endpoints]})
 
 
@@ -138,12 +138,43 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _lease_id(request: web.Request) -> str:
+    return lease_id(request.match_info["id"], "id")
+
+
+async def create_lease(request: web.Request) -> web.Response:
+    lease = await _registry(request).create_lease(await _body(request))
+    return web.json_response(_without_count(lease), status=201)
+
+
+async def get_lease(request: web.Request) -> web.Response:
+    return web.json_response((await _registry(request).lease(_lease_id(request))).to_json())
+
+
+async def renew_lease(request: web.Request) -> web.Response:
+    lease = await _registry(request).renew_lease(_lease_id(request))
+    return web.json_response(_without_count(lease))
+
+
+async def delete_lease(request: web.Request) -> web.Response:
+    await _registry(request).delete_lease(_lease_id(request))
+    return web.Response(status=204)
+
+
+def _without_count(lease: Lease) -> dict[str, object]:
+    """A lease as created or renewed: how many endpoints it holds is what GET tells."""
+    body = lease.to_json()
+    del body["endpoints"]
+    return body
+
+
 async def balancer_table(request: web.Request) -> web.Response:
     return web.json_response(request.app[BALANCER].describe())
 
 
 SERVICE = "/v1/services/{namespace}/{name}"
 ENDPOINT = SERVICE + "/endpoints/{id}"
+LEASE = "/v1/leases/{id}"
 
 
 def make_app(registry: Registry, balancer: Balancer) -> web.Application:
@@ -163,5 +194,9 @@ def make_app(registry: Registry, balancer: Balancer) -> web.Application:
         web.put(ENDPOINT, put_endpoint),
         web.delete(ENDPOINT, delete_endpoint),
         web.post(ENDPOINT + "/heartbeat", heartbeat),
+        web.post("/v1/leases", create_lease),
+        web.get(LEASE, get_lease),
+        web.post(LEASE + "/renew", renew_lease),
+        web.delete(LEASE, delete_lease),
     ])
     return app

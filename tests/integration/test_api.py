@@ -86,7 +86,7 @@ def test_endpoint_creates_its_service(sdns: SdnsProcess, ns: str) -> None:
     assert reply.status == 201
     assert reply.body == {"id": "web-1", "ip": "10.244.1.5", "hostname": "web-1",
                           "ports": {"http": 8080, "metrics": 9100}, "ready": True, "ttl": 0,
-                          "expiresAt": None}
+                          "lease": None, "expiresAt": None}
     service = sdns.api.get(f"/v1/services/{ns}/web").body
     assert service["type"] == "ClusterIP"
     assert service["clusterIP"]
