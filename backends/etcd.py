@@ -23,11 +23,12 @@ from typing import Any, ParamSpec, TypeVar
 import aetcd
 import aetcd.exceptions
 import grpc
+from aetcd.transactions import Mod
 from aetcd.utils import prefix_range_end
 
 from backends import stored
 from sdns.config import Config
-from sdns.errors import BackendUnavailable, NotFound
+from sdns.errors import BackendUnavailable, Invalid, NotFound
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
 
@@ -259,6 +260,40 @@ class EtcdBackend:
         if revision is None:
             raise NotFound(f"service {key} not found")
         return revision
+
+    @_unavailable
+    async def put_endpoints(self, key: ServiceKey, endpoints: list[Endpoint]) -> int:
+        prefix = self._endpoints_of(key)
+        end = prefix_range_end(prefix)
+        for _ in range(WRITE_ATTEMPTS):
+            page = await self._page(prefix, end, 0)
+            wanted = {self._endpoint_key(key, e.id) for e in endpoints}
+            success = [self._tx.delete(kv.key) for kv in page.kvs if kv.key not in wanted]
+            success += [self._tx.put(self._endpoint_key(key, e.id), stored.dump(e),
+                                     lease=None if e.lease is None else int(e.lease, 16))
+                        for e in endpoints]
+            # nothing under the prefix changed since it was read, and the service is there
+            compare = [self._tx.version(self._service_key(key)) > 0,
+                       Mod(prefix, range_end=end) < page.header.revision + 1]
+            if not success:  # empty and staying so: nothing to write
+                if await self.client.get(self._service_key(key)) is None:
+                    raise NotFound(f"service {key} not found")
+                return int(page.header.revision)
+            try:
+                revision = await self._commit(compare, success)
+            except aetcd.exceptions.ClientError as error:
+                if "lease not found" in str(error):
+                    raise LeaseNotFound(next(e.lease for e in endpoints if e.lease)) from None
+                if "too many operations" in str(error):
+                    raise Invalid(f"etcd takes at most so many changes in one transaction "
+                                  f"(its --max-txn-ops, 128 by default); this set needs "
+                                  f"{len(success)}", "endpoints") from None
+                raise
+            if revision is not None:
+                return revision
+            if await self.client.get(self._service_key(key)) is None:
+                raise NotFound(f"service {key} not found")
+        raise BackendUnavailable("etcd: too much contention on " + prefix.decode())
 
     @_unavailable
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:

@@ -129,6 +129,28 @@ class MemoryBackend:
         self._publish(Event(revision, "put", key, endpoint.id, endpoint))
         return revision
 
+    async def put_endpoints(self, key: ServiceKey, endpoints: list[Endpoint]) -> int:
+        current = self._endpoints.get(key)
+        if current is None:
+            raise NotFound(f"service {key} not found")
+        for endpoint in endpoints:
+            if endpoint.lease is not None and endpoint.lease not in self._leases:
+                raise LeaseNotFound(endpoint.lease)
+        revision = self._next_revision()
+        wanted = {e.id for e in endpoints}
+        for endpoint_id in [i for i in current if i not in wanted]:
+            self._release(key, current.pop(endpoint_id))
+            self._publish(Event(revision, "delete", key, endpoint_id))
+        for endpoint in endpoints:
+            old = current.get(endpoint.id)
+            if old is not None:
+                self._release(key, old)
+            current[endpoint.id] = endpoint
+            if endpoint.lease is not None:
+                self._leases[endpoint.lease].holders.add((key, endpoint.id))
+            self._publish(Event(revision, "put", key, endpoint.id, endpoint))
+        return revision
+
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
         endpoint = self._endpoints.get(key, {}).pop(endpoint_id, None)
         if endpoint is None:

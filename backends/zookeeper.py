@@ -46,7 +46,7 @@ from kazoo.protocol.states import KazooState
 
 from backends import stored
 from sdns.config import Config
-from sdns.errors import BackendUnavailable, NotFound, SdnsError
+from sdns.errors import BackendUnavailable, Invalid, NotFound, SdnsError
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
 from sdns.tasks import cancel
@@ -57,7 +57,10 @@ REQUEST_TIMEOUT = 5.0
 WRITE_ATTEMPTS = 50
 HISTORY = 10_000  # log entries kept for followers that resume
 REAP_INTERVAL = 0.2
-LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new ones
+LEASE_SCAN_INTERVAL = 1.0
+# ZooKeeper refuses a request larger than jute.maxbuffer (1 MiB by default): a transaction and
+# its log entry must stay below, with room for the request's framing.
+MAX_TRANSACTION = 900_000  # how often the reaper lists the leases, to learn new ones
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
 
 
@@ -270,6 +273,12 @@ class ZooKeeperBackend:
                 for op in ops:
                     getattr(transaction, op.method)(*op.args)
                 entry = stored.dump_events(events)
+                size = len(entry) + sum(len(a) for op in ops for a in op.args
+                                        if isinstance(a, bytes | str))
+                if size > MAX_TRANSACTION:
+                    raise Invalid(f"a change of {size} bytes is more than one ZooKeeper "
+                                  f"transaction takes (jute.maxbuffer, 1 MiB by default)",
+                                  "endpoints")
                 transaction.create(self._log_path(revision), entry)
                 results = await self._bridge(transaction.commit_async)
                 failed = next((i for i, r in enumerate(results) if _failure(r)), None)
@@ -352,6 +361,43 @@ class ZooKeeperBackend:
                     ops.append(_Op("create", (self._holder_path(lease, key, endpoint.id), b""),
                                    LeaseNotFound(lease)))
             return ops, [Event(revision, "put", key, endpoint.id, endpoint)]
+
+        return await self._write(plan)
+
+    async def put_endpoints(self, key: ServiceKey, endpoints: list[Endpoint]) -> int:
+        folder = self._endpoints_path(key)
+        bodies = {e.id: stored.dump(e) for e in endpoints}
+
+        async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            ids = await self._children(folder)
+            found = await asyncio.gather(*(self._endpoint(f"{folder}/{i}") for i in ids))
+            current = {i: f for i, f in zip(ids, found, strict=True) if f is not None}
+            ops = [_Op("check", (self._service_path(key), -1),
+                       NotFound(f"service {key} not found"))]
+            ops += [_Op("check", (self._lease_path(lease), -1), LeaseNotFound(lease))
+                    for lease in sorted({e.lease for e in endpoints if e.lease})]
+            events = []
+            for endpoint_id, (old, stat) in current.items():
+                if endpoint_id not in bodies:
+                    ops.append(_Op("delete", (f"{folder}/{endpoint_id}", stat.version)))
+                    if old.lease is not None:
+                        ops.append(_Op("delete", (self._holder_path(old.lease, key,
+                                                                    endpoint_id),)))
+                    events.append(Event(revision, "delete", key, endpoint_id))
+            for endpoint in endpoints:
+                path, before = f"{folder}/{endpoint.id}", current.get(endpoint.id)
+                ops.append(_Op("create", (path, bodies[endpoint.id])) if before is None else
+                           _Op("set_data", (path, bodies[endpoint.id], before[1].version)))
+                old_lease = None if before is None else before[0].lease
+                if old_lease != endpoint.lease:
+                    if old_lease is not None:
+                        ops.append(_Op("delete", (self._holder_path(old_lease, key,
+                                                                    endpoint.id),)))
+                    if endpoint.lease is not None:
+                        ops.append(_Op("create", (self._holder_path(endpoint.lease, key,
+                                                                    endpoint.id), b"")))
+                events.append(Event(revision, "put", key, endpoint.id, endpoint))
+            return ops, events
 
         return await self._write(plan)
 

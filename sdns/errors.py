@@ -24,6 +24,10 @@ class Invalid(SdnsError):
     status = 400
 
 
+class TooLarge(SdnsError):
+    status = 413
+
+
 class NotFound(SdnsError):
     status = 404
 

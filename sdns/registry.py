@@ -31,6 +31,7 @@ from sdns.model import (
     shared_ports,
 )
 from sdns.store import Backend, ClusterIPTaken, LeaseNotFound, ServiceExists
+from sdns.validation import EndpointRequest
 from sdns.watch import Watcher
 
 # A chosen free address can be claimed by another replica first; then pick again.
@@ -99,47 +100,93 @@ class Registry:
         """Register or replace an endpoint, creating its service when there is none. With a
         ttl the endpoint gets a lease of its own, which a heartbeat renews."""
         request = validation.endpoint(endpoint_id, body)
-        # The local view spares a round trip; the backend still refuses the write atomically
-        # when the service is gone.
-        service = self.watcher.view.service(key) or await self.backend.get_service(key)
-        if service is None:
-            service = await self._create_for_endpoint(key, request.ports)
-        if service.type is ServiceType.EXTERNAL_NAME:
-            raise Conflict(f"service {key} is an ExternalName service; it has no endpoints",
-                           "type")
-        for name in request.ports:
-            if service.port(name) is None:
-                raise Invalid(f"service {key} has no port named {name!r}", f"ports.{name}")
-        ports = {p.name: p.target for p in service.ports} | request.ports
-        if request.ttl:
-            lease: Lease | None = await self.backend.create_lease(request.ttl)
-        elif request.lease is not None:
-            lease = await self.backend.get_lease(request.lease)
-            if lease is None:
-                raise LeaseNotFound(request.lease)
-        else:
-            lease = None
-        endpoint = Endpoint(
-            id=request.id,
-            ip=request.ip,
-            hostname=request.hostname,
-            ports=shared_ports(tuple(sorted(ports.items()))),
-            ready=request.ready,
-            ttl=request.ttl,
-            expires_at=None if lease is None else lease.expires_at,
-            lease=None if lease is None else lease.id,
-        )
+        service, _ = await self._service_for(key, request.ports)
+        endpoint = (await self._endpoints_of(service, [request]))[0]
         old = self.watcher.view.endpoint(key, request.id)
         try:
             revision = await self.backend.put_endpoint(key, endpoint)
         except BaseException:
-            if request.ttl and lease is not None:
-                await self._drop_own_lease(lease.id)
+            await self._drop_own_leases([endpoint])
             raise
-        if old is not None and old.ttl and old.lease not in (None, endpoint.lease):
-            await self._drop_own_lease(old.lease)  # it holds nothing now
+        if old is not None and old.lease != endpoint.lease:
+            await self._drop_own_leases([old])  # it holds nothing now
         await self._settle(revision)
         return endpoint, old is None
+
+    async def put_endpoints(self, key: ServiceKey, body: Any
+                            ) -> tuple[int, list[Endpoint], bool]:
+        """Replace a service's whole endpoint set in one revision (what a scheduler sends
+        after a rollout), creating the service when there is none: (revision, endpoints,
+        whether the service is new)."""
+        requests = validation.endpoint_set(body)
+        named = {name: port for r in requests for name, port in r.ports.items()}
+        service, created = await self._service_for(key, named)
+        endpoints = await self._endpoints_of(service, requests, in_set=True)
+        before = self.watcher.view.endpoints(key)
+        try:
+            revision = await self.backend.put_endpoints(key, endpoints)
+        except BaseException:
+            await self._drop_own_leases(endpoints)
+            raise
+        kept = {e.lease for e in endpoints}
+        await self._drop_own_leases([e for e in before if e.lease not in kept])
+        await self._settle(revision)
+        return revision, endpoints, created
+
+    async def _service_for(self, key: ServiceKey, ports: dict[str, int]
+                           ) -> tuple[Service, bool]:
+        """The service endpoints are registered for, created with ``ports`` when there is
+        none: (service, whether it is new)."""
+        # The local view spares a round trip; the backend still refuses the write atomically
+        # when the service is gone.
+        service = self.watcher.view.service(key) or await self.backend.get_service(key)
+        created = service is None
+        if service is None:
+            service = await self._create_for_endpoint(key, ports)
+        if service.type is ServiceType.EXTERNAL_NAME:
+            raise Conflict(f"service {key} is an ExternalName service; it has no endpoints",
+                           "type")
+        return service, created
+
+    async def _endpoints_of(self, service: Service, requests: list[EndpointRequest],
+                            in_set: bool = False) -> list[Endpoint]:
+        """The endpoints to store for ``requests``: ports completed from the service, and
+        each with its lease (a new one of its own for a ttl). Errors name an item of a set
+        by its index."""
+        for i, request in enumerate(requests):
+            for name in request.ports:
+                if service.port(name) is None:
+                    field = f"endpoints[{i}].ports.{name}" if in_set else f"ports.{name}"
+                    raise Invalid(f"service {service.key} has no port named {name!r}", field)
+        named = sorted({r.lease for r in requests if r.lease is not None})
+        found = await asyncio.gather(*(self.backend.get_lease(i) for i in named))
+        leases = {lease.id: lease for lease in found if lease is not None}
+        for i, request in enumerate(requests):
+            if request.lease is not None and request.lease not in leases:
+                missing = LeaseNotFound(request.lease)
+                if in_set:
+                    missing.field = f"endpoints[{i}].lease"
+                raise missing
+        endpoints = []
+        try:
+            for request in requests:
+                lease = (await self.backend.create_lease(request.ttl) if request.ttl
+                         else None if request.lease is None else leases[request.lease])
+                ports = {p.name: p.target for p in service.ports} | request.ports
+                endpoints.append(Endpoint(
+                    id=request.id,
+                    ip=request.ip,
+                    hostname=request.hostname,
+                    ports=shared_ports(tuple(sorted(ports.items()))),
+                    ready=request.ready,
+                    ttl=request.ttl,
+                    expires_at=None if lease is None else lease.expires_at,
+                    lease=None if lease is None else lease.id,
+                ))
+        except BaseException:
+            await self._drop_own_leases(endpoints)
+            raise
+        return endpoints
 
     async def heartbeat(self, key: ServiceKey, endpoint_id: str) -> Endpoint:
         """Renew the lease that holds the endpoint: nothing anyone watches changes."""
@@ -157,14 +204,16 @@ class Registry:
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self.watcher.view.endpoint(key, endpoint_id)
         await self._settle(await self.backend.delete_endpoint(key, endpoint_id))
-        if old is not None and old.ttl and old.lease is not None:
-            await self._drop_own_lease(old.lease)
+        if old is not None:
+            await self._drop_own_leases([old])
 
-    async def _drop_own_lease(self, lease_id: str) -> None:
-        """A lease made for one endpoint's ttl that holds it no longer; if this fails, it
-        expires by itself within the ttl."""
-        with contextlib.suppress(NotFound, BackendUnavailable):
-            await self.backend.delete_lease(lease_id)
+    async def _drop_own_leases(self, endpoints: list[Endpoint]) -> None:
+        """The leases made for these endpoints' ttls, which hold them no longer; one that
+        cannot be deleted expires by itself within its ttl."""
+        for endpoint in endpoints:
+            if endpoint.ttl and endpoint.lease is not None:
+                with contextlib.suppress(NotFound, BackendUnavailable):
+                    await self.backend.delete_lease(endpoint.lease)
 
     # Leases
 

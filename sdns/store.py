@@ -89,6 +89,12 @@ class Backend(Protocol):
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int: ...
 
+    async def put_endpoints(self, key: ServiceKey, endpoints: list[Endpoint]) -> int:
+        """Replace the service's whole endpoint set in one revision, atomically; as
+        ``put_endpoint`` for each. ``Invalid`` naming ``endpoints`` when the store cannot take
+        that many changes in one transaction."""
+        ...
+
     # Leases: a renewal changes no stored value anyone watches, so it makes no event; when a
     # lease expires or is deleted, every endpoint it holds is deleted in one revision.
 

@@ -298,3 +298,30 @@ def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
         ttl=ttl,
         lease=lease,
     )
+
+
+MAX_SET = 10_000
+
+
+def endpoint_set(body: Any) -> list[EndpointRequest]:
+    """``{"endpoints": [...]}``, each item an endpoint with its ``id``; errors name the item
+    (``endpoints[3].ip``)."""
+    data = _object(body, {"endpoints"}, "body")
+    items = data.get("endpoints")
+    if not isinstance(items, list) or len(items) > MAX_SET:
+        raise Invalid(f"endpoints must be a list of at most {MAX_SET} endpoints", "endpoints")
+    found: list[EndpointRequest] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or "id" not in item:
+                raise Invalid("each endpoint needs an id", "id")
+            request = endpoint(item["id"], item)
+        except Invalid as error:
+            field = f"endpoints[{i}]" + (f".{error.field}" if error.field else "")
+            raise Invalid(f"{field}: {error.reason}", field) from None
+        if request.id in seen:
+            raise Invalid(f"endpoints[{i}].id {request.id!r} is given twice", f"endpoints[{i}].id")
+        seen.add(request.id)
+        found.append(request)
+    return found

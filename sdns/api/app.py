@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from sdns.balancer.balancer import Balancer
-from sdns.errors import BackendUnavailable, Invalid, SdnsError
+from sdns.errors import BackendUnavailable, Invalid, SdnsError, TooLarge
 from sdns.model import Lease, ServiceKey
 from sdns.registry import Registry
 from sdns.validation import label, lease_id, service_key
 
 MAX_BODY = 64 * 1024
+MAX_SET_BODY = 4 * 1024 * 1024  # a whole endpoint set: 10,000 endpoints
 READY_TIMEOUT = 2.0
 REGISTRY = web.AppKey("registry", Registry)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -44,11 +45,14 @@ def _endpoint_id(request: web.Request) -> str:
     return label(request.match_info["id"], "id")
 
 
-async def _body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise Invalid(f"body is larger than {MAX_BODY // 1024} KiB", "body") from None
+async def _body(request: web.Request, limit: int = MAX_BODY) -> Any:
+    raw = bytearray()
+    while len(raw) <= limit and (chunk := await request.content.read(limit + 1 - len(raw))):
+        raw += chunk
+    if len(raw) > limit:
+        if limit == MAX_BODY:
+            raise Invalid(f"body is larger than {limit // 1024} KiB", "body")
+        raise TooLarge(f"body is larger than {limit // (1024 * 1024)} MiB", "body")
     if not raw.strip():
         return {}
     try:
@@ -128,6 +132,13 @@ async def put_endpoint(request: web.Request) -> web.Response:
     return web.json_response(endpoint.to_json(), status=201 if created else 200)
 
 
+async def put_endpoint_set(request: web.Request) -> web.Response:
+    revision, endpoints, created = await _registry(request).put_endpoints(
+        _key(request), await _body(request, MAX_SET_BODY))
+    return web.json_response({"revision": revision, "endpoints": [e.to_json() for e in endpoints]},
+                             status=201 if created else 200)
+
+
 async def heartbeat(request: web.Request) -> web.Response:
     endpoint = await _registry(request).heartbeat(_key(request), _endpoint_id(request))
     return web.json_response(endpoint.to_json())
@@ -178,7 +189,7 @@ LEASE = "/v1/leases/{id}"
 
 
 def make_app(registry: Registry, balancer: Balancer) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_SET_BODY)
     app[REGISTRY] = registry
     app[BALANCER] = balancer
     app.add_routes([
@@ -191,6 +202,7 @@ def make_app(registry: Registry, balancer: Balancer) -> web.Application:
         web.put(SERVICE, put_service),
         web.delete(SERVICE, delete_service),
         web.get(SERVICE + "/endpoints", list_endpoints),
+        web.put(SERVICE + "/endpoints", put_endpoint_set),
         web.put(ENDPOINT, put_endpoint),
         web.delete(ENDPOINT, delete_endpoint),
         web.post(ENDPOINT + "/heartbeat", heartbeat),

@@ -109,6 +109,8 @@ class Etcd(Server):
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster", initial, "--initial-cluster-state", "new",
             "--heartbeat-interval", "50", "--election-timeout", "500",
+            # whole endpoint sets are one transaction: room for 10,000 endpoints
+            "--max-txn-ops", "20000", "--max-request-bytes", str(8 * 1024 * 1024),
         ]
 
     def is_leader(self) -> bool:
