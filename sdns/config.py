@@ -129,6 +129,13 @@ def _seconds(value: Any) -> int:
     return number
 
 
+def _megabytes(value: Any) -> int:
+    number = int(value)
+    if isinstance(value, bool) or not 1 <= number <= 1 << 20:
+        raise ValueError(f"{value!r} is not a number of MiB from 1 to {1 << 20}")
+    return number
+
+
 def _period(value: Any) -> int:
     number = int(value)
     if isinstance(value, bool) or not 1 <= number <= 86400:
@@ -157,6 +164,7 @@ class Config:
     serve_stale: int = 3600
     balancer: str = "userspace"
     balancer_sync: int = 30
+    cache_mb: int = 512
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -207,6 +215,8 @@ SETTINGS: dict[str, Setting] = {
                            "while every upstream fails, seconds", "SECONDS"),
     "balancer": Setting(_balancer, "what turns connections to clusterIP:port into connections "
                         "to endpoints", choices=BALANCER_MODES),
+    "cache_mb": Setting(_megabytes, "MiB the DNS answer and packet caches may hold together",
+                        "MIB"),
     "balancer_sync": Setting(_period, "seconds between full resyncs of the balancer's data "
                              "plane (a failed apply is retried sooner)", "SECONDS"),
 }

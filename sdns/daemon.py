@@ -67,7 +67,7 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
         cluster_ips = ClusterIPRanges(config.service_cidr)
         zone = Zone(config.zone, config.ttl, watcher.view, _nameserver(config.dns_addr),
                     cluster_ips.networks)
-        responder = Responder(zone,
+        responder = Responder(zone, config.cache_mb * 1024 * 1024,
                               forwarder=forwarder, allow=config.forward_allow)
         watcher.subscribe(responder)
         await watcher.start()

@@ -115,15 +115,27 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
     return Encoded(record.pack(), question_end, answer.tags)
 
 
+# What an entry costs beyond the bytes of its name and records, measured with tracemalloc over
+# 20,000 answers (2026-11-22): the Encoded object and its small bytes, the key, the tag set and
+# the index sets behind it, the OrderedDict's node: 1,290 to 1,360 bytes an answer; 310 to 440
+# bytes a packet with its reply.
+ANSWER_OVERHEAD = 1_200
+PACKET_OVERHEAD = 250
+
+
 class AnswerCache:
-    """A bounded map of encoded answers; the oldest entry goes first when it is full.
+    """A map of encoded answers bounded in bytes (``max_bytes``, as counted by their names,
+    records and ``ANSWER_OVERHEAD``); the oldest entry goes first when it is full. A bound in
+    bytes, not entries, because a flood of random names must not grow the process past what
+    the operator gave the cache (``--cache-mb``).
 
     An OrderedDict, because dropping the first key of a plain dict costs a scan over the slots
     of every key dropped before it: 32 us per insert of a full cache under a flood of random
     names, against a constant cost here."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[Key, Encoded] = OrderedDict()
         self._by_tag: dict[Tag, set[Key]] = {}
 
@@ -136,9 +148,11 @@ class AnswerCache:
     def put(self, key: Key, entry: Encoded) -> None:
         if key in self._entries:
             self._remove(key)
-        elif len(self._entries) >= self.capacity:
+        size = _answer_size(key, entry)
+        while self._entries and self.bytes + size > self.max_bytes:
             self._forget(*self._entries.popitem(last=False))
         self._entries[key] = entry
+        self.bytes += size
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(key)
 
@@ -152,6 +166,7 @@ class AnswerCache:
             entry.valid = False
         self._entries.clear()
         self._by_tag.clear()
+        self.bytes = 0
 
     def _remove(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
@@ -160,6 +175,7 @@ class AnswerCache:
 
     def _forget(self, key: Key, entry: Encoded) -> None:
         entry.valid = False
+        self.bytes -= _answer_size(key, entry)
         for tag in entry.tags:
             keys = self._by_tag.get(tag)
             if keys is not None:
@@ -167,3 +183,35 @@ class AnswerCache:
                 if not keys:
                     del self._by_tag[tag]
 
+
+def _answer_size(key: Key, entry: Encoded) -> int:
+    return ANSWER_OVERHEAD + len(key[0]) + len(entry.rest) + len(entry.short or b"")
+
+
+class PacketCache:
+    """Whole replies by the query bytes after the ID: resolvers repeat the same packet, and
+    then a reply costs one lookup. Bounded in bytes, oldest out first; one thread writes it
+    (the UDP thread: see ``sdns.dns.responder``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._replies: OrderedDict[bytes, tuple[Encoded, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def get(self, query: bytes) -> tuple[Encoded, bytes] | None:
+        return self._replies.get(query)
+
+    def put(self, query: bytes, entry: Encoded, reply: bytes) -> None:
+        replies = self._replies
+        old = replies.pop(query, None)
+        if old is not None:
+            self.bytes -= PACKET_OVERHEAD + len(query) + len(old[1])
+        size = PACKET_OVERHEAD + len(query) + len(reply)
+        while replies and self.bytes + size > self.max_bytes:
+            dropped, (_, dropped_reply) = replies.popitem(last=False)
+            self.bytes -= PACKET_OVERHEAD + len(dropped) + len(dropped_reply)
+        replies[query] = (entry, reply)
+        self.bytes += size

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections import OrderedDict
 
 from sdns.dns import wire
-from sdns.dns.cache import AnswerCache, Encoded, encode
+from sdns.dns.cache import AnswerCache, PacketCache, encode
 from sdns.dns.forward import Forwarder
 from sdns.dns.wire import Rcode, RecordType
 from sdns.dns.zone import Zone, change_tags
@@ -25,30 +24,26 @@ from sdns.view import Change
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_ENTRIES = 200_000
 
 
 class Responder:
     """Answers the zone itself and hands other names to the forwarder (``forward``)."""
 
-    def __init__(self, zone: Zone, cache_entries: int = DEFAULT_CACHE_ENTRIES,
+    def __init__(self, zone: Zone, cache_bytes: int,
                  forwarder: Forwarder | None = None, allow: tuple[str, ...] = ()) -> None:
         self.zone = zone
-        self.cache = AnswerCache(cache_entries)
+        # half each: the packet cache holds a reply for each answer a client asked for again
+        self.cache = AnswerCache(cache_bytes // 2)
+        self.packets = PacketCache(cache_bytes - cache_bytes // 2)
         self.forwarder = forwarder
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}
-        # Replies by the exact query bytes after the ID: resolvers repeat the same packet, and
-        # then a reply costs one lookup. As many as the answers, oldest out first; the UDP
-        # thread's alone (see the module docstring).
-        self._packets: OrderedDict[bytes, tuple[Encoded, bytes]] = OrderedDict()
-        self._packet_entries = max(1, cache_entries)
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached; None means "ask ``reply``".
         The hot path, run on the UDP thread: it reads the answer cache and writes only the
         packet cache."""
-        hit = self._packets.get(data[2:])
+        hit = self.packets.get(data[2:])
         if hit is not None and hit[0].valid:
             return data[:2] + hit[1]
         try:
@@ -62,10 +57,7 @@ class Responder:
             return None
         reply = entry.reply(data, query, True)
         if not entry.rotates:
-            packets = self._packets
-            if len(packets) >= self._packet_entries:
-                packets.popitem(last=False)
-            packets[data[2:]] = (entry, reply[2:])
+            self.packets.put(data[2:], entry, reply[2:])
         return reply
 
     async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:

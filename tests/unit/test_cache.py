@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import tracemalloc
+
 from dnslib import RR, A, DNSLabel
 
-from sdns.dns.cache import AnswerCache, encode
+from sdns.dns.cache import ANSWER_OVERHEAD, AnswerCache, PacketCache, encode
 from sdns.dns.wire import RecordType
 from sdns.dns.zone import Answer
 
@@ -15,7 +17,7 @@ def _entry(tags: frozenset) -> object:
 
 
 def test_invalidate_drops_only_tagged_entries() -> None:
-    cache = AnswerCache(10)
+    cache = AnswerCache(1 << 20)
     cache.put((b"a", 1), _entry(frozenset({"x"})))
     cache.put((b"b", 1), _entry(frozenset({"y"})))
     cache.put((b"c", 1), _entry(frozenset({"x", "y"})))
@@ -25,17 +27,21 @@ def test_invalidate_drops_only_tagged_entries() -> None:
     assert cache.get((b"b", 1)) is not None
 
 
-def test_capacity_evicts_oldest_and_forgets_its_tags() -> None:
-    cache = AnswerCache(3)
+def test_the_byte_bound_evicts_oldest_and_forgets_its_tags() -> None:
+    size = ANSWER_OVERHEAD + len(b"999") + len(_entry(frozenset()).rest)
+    cache = AnswerCache(3 * size)
     for i in range(1000):
         cache.put((str(i).encode(), 1), _entry(frozenset({("svc", i)})))
     assert len(cache) == 3
     assert cache.get((b"999", 1)) is not None
     assert len(cache._by_tag) == 3
+    assert cache.bytes <= cache.max_bytes
+    cache.invalidate([("svc", i) for i in range(1000)])
+    assert (len(cache), cache.bytes) == (0, 0)
 
 
 def test_dropped_entries_turn_invalid() -> None:
-    cache = AnswerCache(1)
+    cache = AnswerCache(1)  # room for one entry at a time
     first = _entry(frozenset({"x"}))
     cache.put((b"a", 1), first)
     cache.put((b"b", 1), _entry(frozenset({"y"})))
@@ -43,3 +49,35 @@ def test_dropped_entries_turn_invalid() -> None:
     second = cache.get((b"b", 1))
     cache.invalidate(["y"])
     assert second.valid is False
+
+
+def test_the_packet_cache_keeps_to_its_bytes() -> None:
+    entry = _entry(frozenset())
+    packets = PacketCache(10_000)
+    for i in range(1000):
+        packets.put(f"query-{i}".encode(), entry, b"r" * 100)
+    assert packets.bytes <= 10_000
+    assert packets.get(b"query-999") is not None
+    assert packets.get(b"query-0") is None
+    packets.put(b"query-999", entry, b"r" * 10)  # a replacement is counted once
+    assert packets.bytes == sum(250 + len(k) + len(r) for k, (_, r) in packets._replies.items())
+
+
+def test_the_bound_counts_what_entries_really_take() -> None:
+    """What the caches count stays within 20% of what Python really allocates for them, so
+    --cache-mb bounds the memory it says."""
+    answers, packets = AnswerCache(1 << 30), PacketCache(1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            name = f"\x07name{i:03d}\x07default\x03svc\x00".encode()
+            entry = _entry(frozenset({("svc", ("default", f"name{i}")), ("ns", "default")}))
+            answers.put((name, 1), entry)
+            packets.put(b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01",
+                        entry, b"\x81\x80" + b"r" * 60)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = answers.bytes + packets.bytes
+    assert 0.8 * used <= counted <= 1.2 * used, (used, counted)

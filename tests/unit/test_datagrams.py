@@ -77,7 +77,7 @@ def test_large_datagrams_are_neither_cut_nor_refused(pair) -> None:
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
 async def test_the_udp_server_answers_a_burst_on_either_path(batched: bool) -> None:
-    server = DnsServer(Responder(Zone("cluster.local", 5, View())), batched=batched)
+    server = DnsServer(Responder(Zone("cluster.local", 5, View()), 1 << 20), batched=batched)
     port = free_port()
     await server.start(HostPort("127.0.0.1", port))
     try:
@@ -107,7 +107,7 @@ async def test_the_udp_server_answers_a_burst_on_either_path(batched: bool) -> N
 @pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
 async def test_a_failure_answering_from_the_cache_spares_the_other_queries(
         batched: bool) -> None:
-    responder = Responder(Zone("cluster.local", 5, View()))
+    responder = Responder(Zone("cluster.local", 5, View()), 1 << 20)
     cached = responder.cached_reply
 
     def failing(data: bytes) -> bytes | None:

@@ -71,7 +71,8 @@ def responder() -> Responder:
     view.load(_snapshot())
     return Responder(Zone("cluster.local", 5, view, nameserver="10.96.0.53",
                           service_networks=(ipaddress.ip_network("10.96.0.0/16"),
-                                            ipaddress.ip_network("fd96::/112"))))
+                                            ipaddress.ip_network("fd96::/112"))),
+                     cache_bytes=1 << 24)
 
 
 def ask(responder: Responder, name: str, rdtype: str) -> dns.message.Message | None:
