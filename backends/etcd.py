@@ -17,7 +17,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
 import aetcd
@@ -31,6 +31,7 @@ from sdns.config import Config
 from sdns.errors import BackendUnavailable, Invalid, NotFound
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
+from sdns.tasks import cancel
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,6 +42,9 @@ REQUEST_TIMEOUT = 5
 # range for every limited request, so small pages make a large snapshot quadratic.
 SNAPSHOT_PAGE = 100_000
 MAX_MESSAGE = 64 * 1024 * 1024
+# Endpoint writes in one group commit: each is one put of etcd's 128 operations per
+# transaction by default, with a compare per service beside.
+MAX_BATCH = 60
 
 
 def _unavailable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -56,6 +60,26 @@ def _unavailable(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
             raise BackendUnavailable(f"etcd: {type(error).__name__} {error}".strip()) from None
 
     return wrapper
+
+
+@dataclass(slots=True)
+class _Write:
+    """An endpoint write waiting for its group commit."""
+
+    service: bytes  # the service's key, which must exist
+    path: bytes
+    op: Any
+    done: asyncio.Future[int | None] = field(init=False)
+
+
+def _settle(done: asyncio.Future[int | None], revision: int | None,
+            error: Exception | None) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(revision)
 
 
 def channel_target(endpoints: list[str]) -> tuple[str, int]:
@@ -77,6 +101,8 @@ class EtcdBackend:
         self._endpoints = root + b"/endpoints/"
         self._cluster_ips = root + b"/clusterips/"
         self._tx = self.client.transactions
+        self._waiting: list[_Write] = []
+        self._committing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> EtcdBackend:
@@ -87,6 +113,8 @@ class EtcdBackend:
         await self.client.connect()
 
     async def close(self) -> None:
+        if self._committing is not None:
+            await cancel(self._committing)
         await self.client.close()
 
     @_unavailable
@@ -189,6 +217,62 @@ class EtcdBackend:
 
     # Writes
 
+    async def _group_commit(self, write: _Write) -> int | None:
+        """Commit ``write`` with the others waiting: while one transaction is in flight, the
+        writes that arrive wait, and go together in the next (a batch leaves when the one
+        before returns). The revision, or None when its service is gone."""
+        write.done = asyncio.get_running_loop().create_future()
+        self._waiting.append(write)
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_waiting(), name="etcd-commit")
+        return await write.done
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            batch: list[_Write] = []
+            paths: set[bytes] = set()
+            later: list[_Write] = []
+            for write in self._waiting:
+                if write.done.done():
+                    continue  # its caller went away
+                # etcd refuses a transaction that changes one key twice
+                if write.path in paths or len(batch) >= MAX_BATCH:
+                    later.append(write)
+                else:
+                    batch.append(write)
+                    paths.add(write.path)
+            self._waiting = later
+            try:
+                await self._commit_batch(batch)
+            except Exception as error:  # etcd out of reach: the batch's writers hear it
+                for write in batch:
+                    _settle(write.done, None, error)
+            except BaseException:  # closing: so does every writer still waiting
+                for write in (*batch, *self._waiting):
+                    _settle(write.done, None, BackendUnavailable("etcd: closing"))
+                self._waiting = []
+                raise
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        if len(batch) > 1:
+            try:
+                revision = await self._commit(
+                    [self._tx.version(s) > 0 for s in dict.fromkeys(w.service for w in batch)],
+                    [w.op for w in batch])
+            except aetcd.exceptions.ClientError:
+                revision = None  # one write's fault (a lease gone): find whose, alone
+            if revision is not None:
+                for write in batch:
+                    _settle(write.done, revision, None)
+                return
+        for write in batch:  # one at a time: each gets its own outcome
+            try:
+                alone = await self._commit([self._tx.version(write.service) > 0], [write.op])
+            except Exception as error:  # handed to the writer that waits for it
+                _settle(write.done, None, error)
+            else:
+                _settle(write.done, alone, None)
+
     async def _commit(self, compare: list[Any], success: list[Any]) -> int | None:
         """The revision of the transaction, or None when a compare failed."""
         succeeded, responses = await self.client.transaction(compare=compare, success=success,
@@ -248,11 +332,11 @@ class EtcdBackend:
     @_unavailable
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
         lease = None if endpoint.lease is None else int(endpoint.lease, 16)
+        path = self._endpoint_key(key, endpoint.id)
         try:
-            revision = await self._commit(
-                [self._tx.version(self._service_key(key)) > 0],
-                [self._tx.put(self._endpoint_key(key, endpoint.id), stored.dump(endpoint),
-                              lease=lease)])
+            revision = await self._group_commit(_Write(
+                self._service_key(key), path,
+                self._tx.put(path, stored.dump(endpoint), lease=lease)))
         except aetcd.exceptions.ClientError as error:
             if endpoint.lease is not None and "lease not found" in str(error):
                 raise LeaseNotFound(endpoint.lease) from None
