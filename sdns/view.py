@@ -3,6 +3,7 @@ and what each change touched."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,9 +24,15 @@ class Change:
 
 
 class View:
-    """The services and endpoints as last seen from the backend, indexed for lookups."""
+    """The services and endpoints as last seen from the backend, indexed for lookups.
+
+    ``lock`` is held by whoever changes the view together with what is derived from it (the
+    watcher, applying a change and telling its subscribers), and by another thread that
+    derives something from the view and stores it (the UDP thread, caching a first answer),
+    so that nothing derived from an older view is stored after the change that outdates it."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self._reset(0)
 
     def _reset(self, revision: int) -> None:

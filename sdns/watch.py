@@ -166,17 +166,19 @@ class Watcher:
         self._wake()
 
     def _load(self, snapshot: Snapshot) -> None:
-        self.view.load(snapshot)
+        with self.view.lock:
+            self.view.load(snapshot)
+            for subscriber in self._subscribers:
+                subscriber.reloaded()
         self.healthy = True
         self._history_floor = snapshot.revision
-        for subscriber in self._subscribers:
-            subscriber.reloaded()
         self._wake()
 
     def _apply(self, event: Event) -> None:
-        change = self.view.apply(event)
-        for subscriber in self._subscribers:
-            subscriber.changed(change)
+        with self.view.lock:
+            change = self.view.apply(event)
+            for subscriber in self._subscribers:
+                subscriber.changed(change)
         if len(self._history) == self._history.maxlen:
             self._history_floor = self._history[0].revision
         self._history.append(event)

@@ -7,6 +7,7 @@ owner name compressed against it.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from sdns.dns import wire
 from sdns.dns.wire import RecordType
-from sdns.dns.zone import Answer, Tag
+from sdns.dns.zone import Answer, Quick, Tag
 
 Key = tuple[bytes, int]
 
@@ -84,7 +85,7 @@ def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
         return None
     records, pos = [], 0
     for _ in range(count):
-        if answers[pos:pos + 2] != b"\xc0\x0c":
+        if answers[pos:pos + 2] != _OWNER_IS_QUESTION:
             return None
         rtype, _, _, length = struct.unpack_from(">HHIH", answers, pos + 2)
         if rtype not in (RecordType.A, RecordType.AAAA):
@@ -95,6 +96,7 @@ def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
 
 
 _AUTHORITATIVE = 0x84  # QR and AA
+_OWNER_IS_QUESTION = b"\xc0\x0c"  # a compression pointer to the name in the question
 
 
 def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
@@ -121,6 +123,22 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
 # bytes a packet with its reply.
 ANSWER_OVERHEAD = 1_200
 PACKET_OVERHEAD = 250
+
+
+def encode_quick(qname: bytes, qtype: int, quick: Quick, ttl: int) -> Encoded:
+    """Encode a ``Zone.quick`` answer: addresses owned by the question's name (a pointer to
+    it), or the negative answer; no dnslib, since this runs on the UDP thread for a first
+    question and must cost about what a cached one does."""
+    if quick.soa is not None:
+        return encode(qname, qtype, Answer(quick.rcode, soa=quick.soa, tags=quick.tags))
+    family = socket.AF_INET6 if qtype == RecordType.AAAA else socket.AF_INET
+    records = b"".join(_OWNER_IS_QUESTION + struct.pack(">HHIH", qtype, wire.CLASS_IN, ttl,
+                                                        16 if qtype == RecordType.AAAA else 4)
+                       + socket.inet_pton(family, ip) for ip in quick.addresses)
+    packed = (struct.pack(">HBBHHHH", 0, _AUTHORITATIVE, quick.rcode, 1, len(quick.addresses),
+                          0, 0)
+              + qname + struct.pack(">HH", qtype, wire.CLASS_IN) + records)
+    return Encoded(packed, wire.HEADER + len(qname) + 4, quick.tags)
 
 
 class AnswerCache:

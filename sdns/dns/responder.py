@@ -1,13 +1,15 @@
 """A query in, a reply out: the path every DNS message takes, whatever its transport.
 
-Two threads use a Responder, by one rule. The event loop owns the zone and is the only writer
-of the answer cache (``_answer``, ``changed``, ``reloaded``); the UDP thread (``cached_reply``)
-only reads it, and is the only writer of the packet cache, which nothing else touches. Every
-read or write of those maps is one call into C (``get``, a store, ``popitem``) that the GIL
-makes atomic, and an answer dropped by the loop marks its entry ``valid = False`` with one store,
-which the thread checks before serving a packet. The one value both threads write is an
-entry's rotation counter (``Encoded.turn``): a lost update repeats an order of the addresses
-once, and never makes a wrong reply.
+Two threads use a Responder, by one rule. The event loop changes the view and drops the
+answers a change touches (``changed``, ``reloaded``, called by the watcher holding the view's
+lock); the UDP thread (``cached_reply``) reads the answer cache, writes into it the first
+answers it makes itself (``Zone.quick``), and is the only writer of the packet cache. Every write
+to the answer cache, from either thread, holds the view's lock, so an answer derived from an
+older view is never stored after the change that outdates it; reads take no lock, each being
+one call into C that the GIL makes atomic. An answer dropped marks its entry ``valid = False``
+with one store, which the thread checks before serving a packet. The one value both threads
+write without the lock is an entry's rotation counter (``Encoded.turn``): a lost update
+repeats an order of the addresses once, and never makes a wrong reply.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ipaddress
 import logging
 
 from sdns.dns import wire
-from sdns.dns.cache import AnswerCache, PacketCache, encode
+from sdns.dns.cache import AnswerCache, PacketCache, encode, encode_quick
 from sdns.dns.forward import Forwarder
 from sdns.dns.wire import Rcode, RecordType
 from sdns.dns.zone import Zone, change_tags
@@ -40,9 +42,8 @@ class Responder:
         self._allowed: dict[str, bool] = {}
 
     def cached_reply(self, data: bytes) -> bytes | None:
-        """The UDP reply to ``data`` when its answer is cached; None means "ask ``reply``".
-        The hot path, run on the UDP thread: it reads the answer cache and writes only the
-        packet cache."""
+        """The UDP reply to ``data`` when its answer is cached, or quick to make (then it is
+        cached); None means "ask ``reply``". The hot path, run on the UDP thread."""
         hit = self.packets.get(data[2:])
         if hit is not None and hit[0].valid:
             return data[:2] + hit[1]
@@ -52,9 +53,15 @@ class Responder:
             return None
         if data[2] & 0x78 or query.edns_version or query.qclass != wire.CLASS_IN:
             return None
-        entry = self.cache.get((query.qname, query.qtype))
+        key = (query.qname, query.qtype)
+        entry = self.cache.get(key)
         if entry is None:
-            return None
+            with self.zone.view.lock:
+                quick = self.zone.quick(wire.labels(query.qname), query.qtype)
+                if quick is None:
+                    return None  # the loop builds it
+                entry = encode_quick(query.qname, query.qtype, quick, self.zone.ttl)
+                self.cache.put(key, entry)
         reply = entry.reply(data, query, True)
         if not entry.rotates:
             self.packets.put(data[2:], entry, reply[2:])
@@ -109,7 +116,8 @@ class Responder:
             if answer is None:
                 return query
             entry = encode(query.qname, query.qtype, answer)
-            self.cache.put(key, entry)
+            with self.zone.view.lock:
+                self.cache.put(key, entry)
         elif query.qclass != wire.CLASS_IN:
             return wire.error_reply(data, Rcode.REFUSED, query)
         return entry.reply(data, query, udp)

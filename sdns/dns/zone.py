@@ -8,11 +8,20 @@ import ipaddress
 import struct
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
 
 from sdns.dns.wire import Rcode, RecordType
-from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
+from sdns.model import (
+    Endpoint,
+    IPFamily,
+    Protocol,
+    Service,
+    ServiceKey,
+    ServiceType,
+    ip_family,
+)
 from sdns.view import Change, View
 
 SCHEMA_VERSION = "1.1.0"
@@ -52,6 +61,15 @@ class Answer:
     soa: Soa | None = None
     authority: tuple[RR, ...] = ()
     tags: frozenset[Tag] = frozenset()
+
+
+class Quick(NamedTuple):
+    """An answer of addresses only (``Zone.quick``): NXDOMAIN or NODATA when ``soa`` is set."""
+
+    rcode: Rcode
+    addresses: tuple[str, ...]
+    soa: Soa | None
+    tags: frozenset[Tag]
 
 
 @dataclass(slots=True)
@@ -140,6 +158,27 @@ class Zone:
             seen.add(target)
             found = self._node(target)
             assert found is not None  # a name of the cluster zone
+
+    def quick(self, labels: tuple[bytes, ...], qtype: int) -> Quick | None:
+        """The answer to the commonest first questions, as ``answer`` gives it but with no
+        records to build: a name under a service that does not exist (NXDOMAIN), and the
+        address of a ClusterIP service (A or AAAA). None for every other question."""
+        origin = self.origin
+        size = len(origin)
+        if (len(labels) < size + 3 or labels[-size - 1] != b"svc" or labels[-size:] != origin
+                or qtype in (RecordType.AXFR, RecordType.IXFR)):
+            return None
+        key = ServiceKey(labels[-size - 2].decode("latin-1"), labels[-size - 3].decode("latin-1"))
+        tags = frozenset({service_tag(key)})
+        service = self.view.service(key)
+        if service is None:
+            return Quick(Rcode.NXDOMAIN, (), self._negative_soas[origin], tags)
+        if (len(labels) != size + 3 or service.type is not ServiceType.CLUSTER_IP
+                or qtype not in (RecordType.A, RecordType.AAAA)):
+            return None
+        family = IPFamily.IPV6 if qtype == RecordType.AAAA else IPFamily.IPV4
+        ips = tuple(ip for ip in service.cluster_ips if ip_family(ip) is family)
+        return Quick(Rcode.NOERROR, ips, None if ips else self._negative_soas[origin], tags)
 
     def _node(self, labels: tuple[bytes, ...]
               ) -> tuple[tuple[bytes, ...], _Node | frozenset[Tag]] | None:

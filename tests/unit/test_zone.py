@@ -67,6 +67,10 @@ def _snapshot() -> Snapshot:
 
 @pytest.fixture(scope="module")
 def responder() -> Responder:
+    return _responder()
+
+
+def _responder() -> Responder:
     view = View()
     view.load(_snapshot())
     return Responder(Zone("cluster.local", 5, view, nameserver="10.96.0.53",
@@ -250,3 +254,23 @@ def test_udp_sets_tc_when_the_answer_itself_does_not_fit(responder: Responder) -
     _, whole = ask_udp(responder, f"big.{NS}.{Z}", "A", use_edns=0, payload=1232)
     assert not whole.flags & dns.flags.TC
     assert len(records(whole.answer)) == 40
+
+
+QUICK = [*CASES, Case(f"WEB.{NS}.{Z}", "AAAA", "NOERROR"),
+         Case(f"x.nope.{NS}.{Z}", "TXT", "NXDOMAIN"), Case(f"nope.{NS}.{Z}", "AXFR", "REFUSED"),
+         Case(f"nope.{NS}.{Z}", "ANY", "NXDOMAIN")]
+
+
+@pytest.mark.parametrize("case", QUICK, ids=[f"{c.name} {c.rdtype}" for c in QUICK])
+def test_a_first_answer_on_the_udp_thread_is_the_loops_to_the_byte(case: Case) -> None:
+    """The UDP thread makes the commonest first answers itself (Zone.quick); where it does,
+    they are exactly what the loop's full path makes, and where it does not, the loop does."""
+    for use_edns in (False, 0):
+        data = dns.message.make_query(case.name, dns.rdatatype.from_text(case.rdtype),
+                                      use_edns=use_edns, id=4321).to_wire()
+        quick = _responder().cached_reply(data)
+        full = _responder().reply(data, udp=True)
+        if quick is not None:
+            assert quick == full
+    if case.name in (f"web.{NS}.{Z}", f"nope.{NS}.{Z}") and case.rdtype in ("A", "AAAA"):
+        assert quick is not None  # these are what it is for
