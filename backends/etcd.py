@@ -31,7 +31,7 @@ from sdns.config import Config
 from sdns.errors import BackendUnavailable, Invalid, NotFound
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
-from sdns.tasks import cancel
+from sdns.tasks import cancel, settle
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -70,16 +70,6 @@ class _Write:
     path: bytes
     op: Any
     done: asyncio.Future[int | None] = field(init=False)
-
-
-def _settle(done: asyncio.Future[int | None], revision: int | None,
-            error: Exception | None) -> None:
-    if done.done():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(revision)
 
 
 def channel_target(endpoints: list[str]) -> tuple[str, int]:
@@ -246,10 +236,10 @@ class EtcdBackend:
                 await self._commit_batch(batch)
             except Exception as error:  # etcd out of reach: the batch's writers hear it
                 for write in batch:
-                    _settle(write.done, None, error)
+                    settle(write.done, None, error)
             except BaseException:  # closing: so does every writer still waiting
                 for write in (*batch, *self._waiting):
-                    _settle(write.done, None, BackendUnavailable("etcd: closing"))
+                    settle(write.done, None, BackendUnavailable("etcd: closing"))
                 self._waiting = []
                 raise
 
@@ -263,15 +253,15 @@ class EtcdBackend:
                 revision = None  # one write's fault (a lease gone): find whose, alone
             if revision is not None:
                 for write in batch:
-                    _settle(write.done, revision, None)
+                    settle(write.done, revision, None)
                 return
         for write in batch:  # one at a time: each gets its own outcome
             try:
                 alone = await self._commit([self._tx.version(write.service) > 0], [write.op])
             except Exception as error:  # handed to the writer that waits for it
-                _settle(write.done, None, error)
+                settle(write.done, None, error)
             else:
-                _settle(write.done, alone, None)
+                settle(write.done, alone, None)
 
     async def _commit(self, compare: list[Any], success: list[Any]) -> int | None:
         """The revision of the transaction, or None when a compare failed."""

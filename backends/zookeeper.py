@@ -49,7 +49,7 @@ from sdns.config import Config
 from sdns.errors import BackendUnavailable, Invalid, NotFound, SdnsError
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
 from sdns.store import ClusterIPTaken, Compacted, LeaseNotFound, ServiceExists, Snapshot
-from sdns.tasks import cancel
+from sdns.tasks import cancel, settle
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +114,16 @@ class ZooKeeperBackend:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 
-        def settle(result: Any) -> None:
+        def hand_over(result: Any) -> None:
             try:
                 value = result.get_nowait()
             except Exception as error:  # handed to the awaiting coroutine as is
-                loop.call_soon_threadsafe(_set, future, None, error)
+                loop.call_soon_threadsafe(settle, future, None, error)
             else:
-                loop.call_soon_threadsafe(_set, future, value, None)
+                loop.call_soon_threadsafe(settle, future, value, None)
 
         try:
-            start().rawlink(settle)
+            start().rawlink(hand_over)
             return await asyncio.wait_for(future, REQUEST_TIMEOUT)
         except (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError):
             raise
@@ -566,15 +566,6 @@ class ZooKeeperBackend:
 
 def _failure(result: Any) -> bool:
     return isinstance(result, Exception)
-
-
-def _set(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
 
 
 def _lease_data(lease: Lease) -> bytes:

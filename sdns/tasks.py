@@ -1,8 +1,11 @@
-"""Stopping background tasks for good."""
+"""Stopping background tasks for good, and settling futures that others wait for."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel(task: asyncio.Task[object]) -> None:
@@ -12,3 +15,14 @@ async def cancel(task: asyncio.Task[object]) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=0.5)
+
+
+def settle(future: asyncio.Future[T], value: T, error: BaseException | None = None) -> None:
+    """Give ``future`` its outcome (``error`` when not None), unless it has one already (its
+    waiter may have gone away)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

@@ -93,7 +93,9 @@ def test_client_ip_affinity_pins_a_client(balanced: SdnsProcess,
     assert len(got) == 1 and sum(got.values()) == 30
 
 
-def test_udp_flows_round_robin(balanced: SdnsProcess) -> None:
+@pytest.fixture
+def udp_service(balanced: SdnsProcess) -> Iterator[tuple[str, list[UdpEndpoint]]]:
+    """A UDP service on port 5353 with three endpoints, served: (its VIP, the endpoints)."""
     udp = [UdpEndpoint(f"u{i}") for i in range(3)]
     try:
         vip = balanced.api.put("/v1/services/default/dns", {"ports": [
@@ -101,42 +103,39 @@ def test_udp_flows_round_robin(balanced: SdnsProcess) -> None:
         for server in udp:
             balanced.api.put(f"/v1/services/default/dns/endpoints/{server.name}",
                              {"ip": "127.0.0.1", "ports": {"dns": server.port}})
+        wait_until(lambda: _behind_vip(balanced) == {"u0", "u1", "u2"}, timeout=3)
         wait_until(lambda: balanced.api.get("/v1/balancer").body["services"][0]["serving"],
                    timeout=3)
-        answered = Counter()
-        for _ in range(30):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-                client.settimeout(2)
+        yield vip, udp
+    finally:
+        for server in udp:
+            server.stop()
+
+
+def test_udp_flows_round_robin(udp_service: tuple[str, list[UdpEndpoint]]) -> None:
+    vip, _ = udp_service
+    answered = Counter()
+    for _ in range(30):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(2)
+            client.sendto(b"q", (vip, 5353))
+            first = client.recv(64).decode()
+            client.sendto(b"q", (vip, 5353))  # the same flow stays with its endpoint
+            assert client.recv(64).decode() == first
+            answered[first] += 1
+    assert answered == {"u0": 10, "u1": 10, "u2": 10}
+
+
+def test_udp_datagrams_sent_while_a_flow_opens_join_it(
+        udp_service: tuple[str, list[UdpEndpoint]]) -> None:
+    vip, udp = udp_service
+    for _ in range(10):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(2)
+            for _ in range(3):  # back to back: the flow is still opening for the others
                 client.sendto(b"q", (vip, 5353))
-                first = client.recv(64).decode()
-                client.sendto(b"q", (vip, 5353))  # the same flow stays with its endpoint
-                assert client.recv(64).decode() == first
-                answered[first] += 1
-        assert answered == {"u0": 10, "u1": 10, "u2": 10}
-    finally:
-        for server in udp:
-            server.stop()
-
-
-def test_udp_datagrams_sent_while_a_flow_opens_join_it(balanced: SdnsProcess) -> None:
-    udp = [UdpEndpoint(f"u{i}") for i in range(3)]
-    try:
-        vip = balanced.api.put("/v1/services/default/burst", {"ports": [
-            {"name": "dns", "port": 5354, "protocol": "UDP"}]}).body["clusterIP"]
-        for server in udp:
-            balanced.api.put(f"/v1/services/default/burst/endpoints/{server.name}",
-                             {"ip": "127.0.0.1", "ports": {"dns": server.port}})
-        wait_until(lambda: _behind_vip(balanced) == {"u0", "u1", "u2"}, timeout=3)
-        for _ in range(10):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-                client.settimeout(2)
-                for _ in range(3):  # back to back: the flow is still opening for the others
-                    client.sendto(b"q", (vip, 5354))
-                assert len({client.recv(64) for _ in range(3)}) == 1
-        assert sum(len(server.flows) for server in udp) == 10  # one flow per client
-    finally:
-        for server in udp:
-            server.stop()
+            assert len({client.recv(64) for _ in range(3)}) == 1
+    assert sum(len(server.flows) for server in udp) == 10  # one flow per client
 
 
 def test_a_vip_port_that_could_not_be_bound_is_retried(balanced: SdnsProcess,
