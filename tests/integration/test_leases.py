@@ -114,7 +114,7 @@ def test_a_lease_shows_its_endpoints_and_they_show_its_deadline(sdns: SdnsProces
     assert (got["id"], got["ttl"], got["endpoints"]) == (lease["id"], 30, 2)
     listed = sdns.api.get(f"/v1/services/{ns}/db/endpoints").body["endpoints"]
     assert {(e["lease"], e["ttl"]) for e in listed} == {(lease["id"], 0)}
-    time.sleep(1.1)
+    time.sleep(2.1)  # etcd tells a lease's time left in whole seconds, rounded down
     renewed = sdns.api.post(f"/v1/leases/{lease['id']}/renew").body
     listed = sdns.api.get(f"/v1/services/{ns}/db/endpoints").body["endpoints"]
     for endpoint in listed:  # the renewal moved every deadline, with no write to them
@@ -126,7 +126,7 @@ def test_a_heartbeat_moves_the_deadline_shown(sdns: SdnsProcess, ns: str) -> Non
     path = f"/v1/services/{ns}/web/endpoints/e1"
     first = sdns.api.put(path, {"ip": "10.250.1.1", "ttl": 30}).body
     assert first["lease"] is None  # its own lease is not the user's business
-    time.sleep(1.1)
+    time.sleep(2.1)  # etcd tells a lease's time left in whole seconds, rounded down
     beat = sdns.api.post(f"{path}/heartbeat").body
     shown = sdns.api.get(f"/v1/services/{ns}/web/endpoints").body["endpoints"][0]
     assert _unix(first["expiresAt"]) < _unix(shown["expiresAt"])
@@ -195,8 +195,10 @@ def test_two_replicas_see_the_same_expiry(make_sdns: MakeSdns, shared: list[str]
     lease = _lease(a, 2)
     _register(a, ns, lease["id"], count=2)
     wait_until(lambda: _ids(b, ns) == ["e0", "e1"], timeout=2)
-    assert b.api.post(f"/v1/leases/{lease['id']}/renew").status == 200  # through the other
-    deadline = _unix(b.api.get(f"/v1/leases/{lease['id']}").body["expiresAt"])
+    renewed = b.api.post(f"/v1/leases/{lease['id']}/renew")  # through the other replica
+    assert renewed.status == 200
+    # the renewal's own deadline: what GET reads back from etcd counts whole seconds, down
+    deadline = _unix(renewed.body["expiresAt"])
     for replica in (a, b):
         wait_until(lambda replica=replica: _ids(replica, ns) == [],
                    timeout=deadline + 1.2 - time.time())
