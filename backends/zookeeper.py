@@ -40,6 +40,7 @@ from kazoo.exceptions import (
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
+    RolledBackError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
@@ -57,11 +58,24 @@ REQUEST_TIMEOUT = 5.0
 WRITE_ATTEMPTS = 50
 HISTORY = 10_000  # log entries kept for followers that resume
 REAP_INTERVAL = 0.2
-LEASE_SCAN_INTERVAL = 1.0
+LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new ones
 # ZooKeeper refuses a request larger than jute.maxbuffer (1 MiB by default): a transaction and
 # its log entry must stay below, with room for the request's framing.
-MAX_TRANSACTION = 900_000  # how often the reaper lists the leases, to learn new ones
+MAX_TRANSACTION = 900_000
+MAX_BATCH = 64  # writes in one group commit
+READ_AHEAD = 64  # log entries a follower reads at once
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
+
+
+Plan = Callable[[int], Awaitable[tuple[list["_Op"], list[Event]]]]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A write waiting for its group commit."""
+
+    plan: Plan
+    done: asyncio.Future[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +97,10 @@ class ZooKeeperBackend:
                               connection_retry=retry)
         self._root = prefix.rstrip("/")
         self._revision_path = self._root + "/revision"
-        self._lock = asyncio.Lock()
+        self._waiting: list[_Waiting] = []
+        self._committed: dict[int, bytes] = {}  # log entries written here, by revision
+        self._version: int | None = None  # of the revision znode after this replica's commit
+        self._committing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
         self._log_written = asyncio.Event()
@@ -153,7 +170,7 @@ class ZooKeeperBackend:
 
     async def close(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._committing] if self._committing else [])]:
             await cancel(task)
         await asyncio.to_thread(self.zk.stop)
         self.zk.close()
@@ -234,23 +251,37 @@ class ZooKeeperBackend:
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
         following = since
+        ahead = 1  # entries read at once: doubles while they are all there (group commits
+        # write many revisions at once, and one read per revision made followers lag)
         while True:
             self._log_written.clear()
-            entry = await self._get(self._log_path(following))
-            if entry is None:
-                if await self._revision() >= following:
-                    # The entry is written with the revision bump, so it exists unless trimmed.
-                    if await self._call("exists", self._log_path(following)) is None:
-                        raise Compacted(f"revision {following} is no longer in the log")
-                    continue
-                if await self._call("exists", self._log_path(following), watch=self._notify):
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
+            while (own := self._committed.pop(following, None)) is not None:
+                for event in stored.load_events(own):
+                    yield event
+                following += 1
+            entries = await asyncio.gather(*(self._get(self._log_path(following + i))
+                                             for i in range(ahead)))
+            for entry in entries:
+                if entry is None:
+                    break
+                for event in stored.load_events(entry[0]):
+                    yield event
+                following += 1
+            if entries[-1] is not None:
+                ahead = min(ahead * 2, READ_AHEAD)
                 continue
-            for event in stored.load_events(entry[0]):
-                yield event
-            following += 1
+            ahead = 1
+            if entries[0] is not None:
+                continue  # read up to what was there: look once more before waiting
+            if await self._revision() >= following:
+                # The entry is written with the revision bump, so it exists unless trimmed.
+                if await self._call("exists", self._log_path(following)) is None:
+                    raise Compacted(f"revision {following} is no longer in the log")
+                continue
+            if await self._call("exists", self._log_path(following), watch=self._notify):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
 
     async def get_service(self, key: ServiceKey) -> Service | None:
         found = await self._get(self._service_path(key))
@@ -258,35 +289,122 @@ class ZooKeeperBackend:
 
     # Writes
 
-    async def _write(self, plan: Callable[[int], Awaitable[tuple[list[_Op], list[Event]]]]
-                     ) -> int:
+    async def _write(self, plan: Plan) -> int:
         """Run ``plan`` (reads, then the operations and events of revision N) as one
-        transaction with the revision bump and the log entry; retry when the data moved."""
-        async with self._lock:
-            for _ in range(WRITE_ATTEMPTS):
+        transaction with the revision bump and the log entry. Writes that arrive while a
+        transaction is in flight wait, and go together in the next (group commit)."""
+        waiting = _Waiting(plan, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_waiting(),
+                                                   name="zookeeper-commit")
+        return await waiting.done
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            batch = [w for w in self._waiting[:MAX_BATCH] if not w.done.done()]
+            self._waiting = self._waiting[MAX_BATCH:]
+            try:
+                if len(batch) < 2 or not await self._commit_together(batch):
+                    for waiting in batch:  # one at a time: each gets its own outcome
+                        try:
+                            settle(waiting.done, await self._commit_alone(waiting.plan))
+                        except Exception as error:  # handed to the writer that waits for it
+                            settle(waiting.done, 0, error)
+            except Exception as error:  # ZooKeeper out of reach: the batch's writers hear it
+                for waiting in batch:
+                    settle(waiting.done, 0, error)
+            except BaseException:  # closing: so does every writer still waiting
+                for waiting in (*batch, *self._waiting):
+                    settle(waiting.done, 0, BackendUnavailable("zookeeper: closing"))
+                self._waiting = []
+                raise
+
+    async def _commit_together(self, batch: list[_Waiting]) -> bool:
+        """The whole batch as one multi, each write with its own revision and log entry;
+        False when that cannot be (a plan refuses, the data moved, it would be too large),
+        and nothing is written then."""
+        for fresh in (False, True):
+            # this replica's last commit usually tells the revision; when another replica
+            # wrote since, the check fails, and it is read once
+            base = self._version
+            if base is None or fresh:
                 _, stat = await self._call("get", self._revision_path)
-                revision = stat.version + 1
-                ops, events = await plan(revision)
-                transaction = self.zk.transaction()
-                transaction.check(self._revision_path, stat.version)
-                transaction.set_data(self._revision_path, b"", stat.version)
-                for op in ops:
-                    getattr(transaction, op.method)(*op.args)
-                entry = stored.dump_events(events)
-                size = len(entry) + sum(len(a) for op in ops for a in op.args
-                                        if isinstance(a, bytes | str))
-                if size > MAX_TRANSACTION:
-                    raise Invalid(f"a change of {size} bytes is more than one ZooKeeper "
-                                  f"transaction takes (jute.maxbuffer, 1 MiB by default)",
-                                  "endpoints")
-                transaction.create(self._log_path(revision), entry)
-                results = await self._bridge(transaction.commit_async)
-                failed = next((i for i, r in enumerate(results) if _failure(r)), None)
-                if failed is None:
-                    return revision
-                if 2 <= failed < 2 + len(ops) and ops[failed - 2].conflict is not None:
-                    raise ops[failed - 2].conflict
-            raise BackendUnavailable("zookeeper: too much contention; try again")
+                base = stat.version
+            committed = await self._commit_batch_at(base, batch)
+            if committed is not None:
+                return committed
+        return False
+
+    async def _commit_batch_at(self, base: int, batch: list[_Waiting]) -> bool | None:
+        """``_commit_together`` at revision ``base``; None when the revision moved."""
+        planned = await asyncio.gather(*(w.plan(base + 1 + i) for i, w in enumerate(batch)),
+                                       return_exceptions=True)
+        if any(isinstance(p, BaseException) for p in planned):
+            return False
+        transaction = self.zk.transaction()
+        transaction.check(self._revision_path, base)
+        size = 0
+        entries = []
+        for i, (ops, events) in enumerate(planned):  # type: ignore[misc]
+            entries.append(self._add(transaction, base + i, ops, events))
+            size += _size(ops, entries[-1])
+        if size > MAX_TRANSACTION:
+            return False
+        failed = _failed_at(await self._bridge(transaction.commit_async))
+        if failed == 0:  # the revision check
+            self._version = None
+            return None
+        if failed is not None:
+            return False
+        self._version = base + len(batch)
+        for i, (waiting, entry) in enumerate(zip(batch, entries, strict=True)):
+            self._keep(base + 1 + i, entry)
+            settle(waiting.done, base + 1 + i)
+        return True
+
+    async def _commit_alone(self, plan: Plan) -> int:
+        """``plan`` as a transaction of its own, read again and retried while the data moves;
+        the conflict of an operation that fails is raised."""
+        for _ in range(WRITE_ATTEMPTS):
+            _, stat = await self._call("get", self._revision_path)
+            revision = stat.version + 1
+            ops, events = await plan(revision)
+            transaction = self.zk.transaction()
+            transaction.check(self._revision_path, stat.version)
+            entry = self._add(transaction, stat.version, ops, events)
+            size = _size(ops, entry)
+            if size > MAX_TRANSACTION:
+                raise Invalid(f"a change of {size} bytes is more than one ZooKeeper "
+                              f"transaction takes (jute.maxbuffer, 1 MiB by default)",
+                              "endpoints")
+            failed = _failed_at(await self._bridge(transaction.commit_async))
+            if failed is None:
+                self._version = revision
+                self._keep(revision, entry)
+                return revision
+            if 2 <= failed < 2 + len(ops) and ops[failed - 2].conflict is not None:
+                raise ops[failed - 2].conflict
+        raise BackendUnavailable("zookeeper: too much contention; try again")
+
+    def _keep(self, revision: int, entry: bytes) -> None:
+        """Hand the log entry this replica just committed to its own follower, which then need
+        not read it back (what made a write wait for its follower most of its time)."""
+        if len(self._committed) >= HISTORY:  # no follower takes them: keep the newest
+            self._committed.pop(next(iter(self._committed)))
+        self._committed[revision] = entry
+        self._log_written.set()
+
+    def _add(self, transaction: Any, version: int, ops: list[_Op], events: list[Event]
+             ) -> bytes:
+        """Add one revision to ``transaction``: bump the revision znode from ``version``, the
+        operations, and the log entry of revision ``version + 1``; that entry."""
+        transaction.set_data(self._revision_path, b"", version)
+        for op in ops:
+            getattr(transaction, op.method)(*op.args)
+        entry = stored.dump_events(events)
+        transaction.create(self._log_path(version + 1), entry)
+        return entry
 
     async def put_service(self, service: Service, *, create: bool = False) -> int:
         key = service.key
@@ -564,8 +682,16 @@ class ZooKeeperBackend:
         return trimmed
 
 
-def _failure(result: Any) -> bool:
-    return isinstance(result, Exception)
+def _size(ops: list[_Op], entry: bytes) -> int:
+    """Roughly what a revision adds to a request: its data, paths and log entry."""
+    return len(entry) + sum(len(a) for op in ops for a in op.args if isinstance(a, bytes | str))
+
+
+def _failed_at(results: list[Any]) -> int | None:
+    """The operation that failed a transaction: ZooKeeper reports those before it as rolled
+    back, and those after as inconsistent, all exceptions too."""
+    return next((i for i, r in enumerate(results)
+                 if isinstance(r, Exception) and not isinstance(r, RolledBackError)), None)
 
 
 def _lease_data(lease: Lease) -> bytes:
