@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
@@ -93,6 +94,10 @@ class EtcdBackend:
         self._tx = self.client.transactions
         self._waiting: list[_Write] = []
         self._committing: asyncio.Task[None] | None = None
+        self._keepalives: Any = None  # the LeaseKeepAlive stream renewals share
+        self._reading: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
+        self._renewing: dict[int, deque[asyncio.Future[Any]]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> EtcdBackend:
@@ -103,8 +108,9 @@ class EtcdBackend:
         await self.client.connect()
 
     async def close(self) -> None:
-        if self._committing is not None:
-            await cancel(self._committing)
+        for task in (self._committing, self._reading):
+            if task is not None:
+                await cancel(task)
         await self.client.close()
 
     @_unavailable
@@ -387,10 +393,55 @@ class EtcdBackend:
     @_unavailable
     async def renew_lease(self, lease_id: str) -> Lease:
         asked = time.time()
-        kept = await self.client.refresh_lease(int(lease_id, 16))
-        if kept is None or kept.TTL <= 0:
+        kept = await self._keep_alive(int(lease_id, 16))
+        if kept.TTL <= 0:
             raise NotFound(f"lease {lease_id} not found (expired?)")
         return Lease(lease_id, kept.TTL, asked + kept.TTL)
+
+    async def _keep_alive(self, lease: int) -> Any:
+        """One keepalive over the stream every renewal shares: aetcd's refresh_lease opens a
+        stream per call, which held etcd heartbeats to about 2,000/s here."""
+        if self._keepalives is None:
+            self._keepalives = self.client.leasestub.LeaseKeepAlive(
+                metadata=self.client.metadata)
+            self._reading = asyncio.create_task(self._read_keepalives(self._keepalives),
+                                                name="etcd-keepalives")
+        stream = self._keepalives
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._renewing.setdefault(lease, deque()).append(answered)
+        try:
+            async with self._writing:  # the stream takes one write at a time
+                await stream.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease))
+            return await asyncio.wait_for(answered, REQUEST_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            self._end_keepalives(stream)
+            raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}") from None
+
+    async def _read_keepalives(self, stream: Any) -> None:
+        """Hand each keepalive reply to the renewal of that lease that waited longest (etcd
+        answers one stream in order)."""
+        try:
+            async for reply in stream:
+                waiting = self._renewing.get(reply.ID)
+                if waiting:
+                    settle(waiting.popleft(), reply)
+                    if not waiting:
+                        del self._renewing[reply.ID]
+        except grpc.aio.AioRpcError:
+            pass  # the renewals waiting hear it below
+        finally:
+            self._end_keepalives(stream)
+
+    def _end_keepalives(self, stream: Any) -> None:
+        """The stream broke or ended: every renewal waiting on it fails, the next opens one."""
+        if self._keepalives is not stream:
+            return
+        self._keepalives = None
+        stream.cancel()
+        for waiting in self._renewing.values():
+            for answered in waiting:
+                settle(answered, None, BackendUnavailable("etcd: the keepalive stream ended"))
+        self._renewing.clear()
 
     @_unavailable
     async def get_lease(self, lease_id: str) -> Lease | None:
