@@ -64,6 +64,7 @@ LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new
 MAX_TRANSACTION = 900_000
 MAX_BATCH = 64  # writes in one group commit
 READ_AHEAD = 64  # log entries a follower reads at once
+REMEMBERED_LEASES = 100_000  # leases whose last write here is kept for one-step renewals
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
 
 
@@ -100,6 +101,7 @@ class ZooKeeperBackend:
         self._waiting: list[_Waiting] = []
         self._committed: dict[int, bytes] = {}  # log entries written here, by revision
         self._version: int | None = None  # of the revision znode after this replica's commit
+        self._renewed: dict[str, tuple[Lease, int]] = {}  # lease id -> (as written, version)
         self._committing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
@@ -541,7 +543,15 @@ class ZooKeeperBackend:
         lease = Lease(uuid.uuid4().hex[:16], ttl, time.time() + ttl)
         await self._call("create", self._lease_path(lease.id), _lease_data(lease))
         self._know(lease.id, lease.expires_at)
+        self._remember(lease, 0)
         return lease
+
+    def _remember(self, lease: Lease, version: int) -> None:
+        """What this replica last wrote of a lease, so that its next renewal here can be one
+        versioned set instead of a read and a set."""
+        if len(self._renewed) >= REMEMBERED_LEASES:
+            self._renewed.pop(next(iter(self._renewed)))
+        self._renewed[lease.id] = (lease, version)
 
     async def _read_lease(self, lease_id: str) -> tuple[Lease, Any] | None:
         found = await self._get(self._lease_path(lease_id))
@@ -551,6 +561,22 @@ class ZooKeeperBackend:
         return Lease(lease_id, data["ttl"], data["expiresAt"]), found[1]
 
     async def renew_lease(self, lease_id: str) -> Lease:
+        known = self._renewed.get(lease_id)
+        if known is not None and known[0].expires_at > time.time():
+            # not past the deadline this replica set: if nobody wrote the lease since (the
+            # version says), it is still alive, and one set renews it
+            renewed = replace(known[0], expires_at=time.time() + known[0].ttl)
+            try:
+                stat = await self._call("set", self._lease_path(lease_id), _lease_data(renewed),
+                                        known[1])
+            except BadVersionError:
+                pass  # renewed through another replica: read it
+            except NoNodeError:
+                self._renewed.pop(lease_id, None)
+                raise NotFound(f"lease {lease_id} not found (expired?)") from None
+            else:
+                self._remember(renewed, stat.version)
+                return renewed
         for _ in range(WRITE_ATTEMPTS):
             found = await self._read_lease(lease_id)
             if found is None or found[0].expires_at <= time.time():
@@ -558,13 +584,15 @@ class ZooKeeperBackend:
                 raise NotFound(f"lease {lease_id} not found (expired?)")
             renewed = replace(found[0], expires_at=time.time() + found[0].ttl)
             try:
-                await self._call("set", self._lease_path(lease_id), _lease_data(renewed),
-                                 found[1].version)
+                stat = await self._call("set", self._lease_path(lease_id),
+                                        _lease_data(renewed), found[1].version)
             except BadVersionError:
                 continue  # renewed or reaped meanwhile: read again
             except NoNodeError:
                 break
+            self._remember(renewed, stat.version)
             return renewed
+        self._renewed.pop(lease_id, None)
         raise NotFound(f"lease {lease_id} not found (expired?)")
 
     async def get_lease(self, lease_id: str) -> Lease | None:
