@@ -36,7 +36,9 @@ test: $(BIN)/.installed system-deps lint
 	$(BIN)/pytest
 
 # Benchmarks are not tests: they measure, and write their figures to docs/PERFORMANCE.md.
-bench: $(BIN)/.installed system-deps
+# Knot DNS is a reference server of the DNS bench only.
+bench: $(BIN)/.installed
+	$(MAKE) system-deps DEBIAN_PACKAGES="$(DEBIAN_PACKAGES) knot"
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH)
 
