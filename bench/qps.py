@@ -66,7 +66,22 @@ class Server(NamedTuple):
     pid: int
 
 
-class Dnsmasq:
+class Reference:
+    """A reference DNS server the bench started: its process, pinned to core 0."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class Dnsmasq(Reference):
     def __init__(self, services: int, workdir: Path) -> None:
         self.port = free_port()
         config = workdir / f"dnsmasq-{services}.conf"
@@ -85,16 +100,8 @@ class Dnsmasq:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_answering(self.port, f"web-0.default.{ZONE}")
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-class Knot:
+class Knot(Reference):
     """Knot DNS (Debian's knot), the reference authoritative server: the same records as a
     zone file, one UDP worker, pinned to core 0 like the others."""
 
@@ -120,14 +127,6 @@ class Knot:
             ["taskset", "-c", "0", "knotd", "-c", str(home / "knot.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_answering(self.port, f"web-0.default.{ZONE}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def _wait_answering(port: int, name: str) -> None:
