@@ -1,0 +1,169 @@
+"""Churn: many endpoints held by leases that keep being renewed, and DNS while they are.
+
+On each backend: ``--leases`` leases (ttl 30 s) each holding ``--endpoints / --leases``
+endpoints of a ClusterIP service of its own, registered as whole endpoint sets. Then, for
+``--hold`` seconds, dnsperf asks the services' names in windows of ``--window`` seconds,
+alternating windows in which every lease is renewed once per ``--renew-every`` seconds (spread
+evenly) with windows without renewals. A renewal changes no answer, so DNS should not notice:
+the figure is the median QPS of the windows with renewals over the median of those without.
+At the end every lease must still hold all its endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+
+from bench.freshness import _backend_flags
+from bench.qps import Server, dnsperf, vip
+from bench.report import median, table, write_section
+from tests.helpers.support import SdnsProcess
+
+ZONE = "svc.cluster.local"
+LEASE_TTL = 30
+
+
+async def _register(base: str, leases: int, per_lease: int, ids: list[str]) -> None:
+    """The leases, each holding the endpoints of service ``churn-<i>``; their ids go into
+    ``ids`` as they are made, for the renewer that runs meanwhile."""
+    async with aiohttp.ClientSession(base) as session:
+        async def one(i: int) -> str:
+            async with session.post("/v1/leases", json={"ttl": LEASE_TTL}) as made:
+                lease = (await made.json())["id"]
+            ids.append(lease)
+            path = f"/v1/services/default/churn-{i}"
+            body = {"clusterIP": vip(i), "ports": [{"name": "http", "port": 80}]}
+            async with session.put(path, json=body) as reply:
+                assert reply.status in (200, 201), await reply.text()
+            endpoints = [{"id": f"e{j}", "ip": f"10.{100 + i // 250}.{i % 250}.{j + 1}",
+                          "lease": lease} for j in range(per_lease)]
+            async with session.put(f"{path}/endpoints", json={"endpoints": endpoints}) as reply:
+                assert reply.status in (200, 201), await reply.text()
+            return lease
+
+        for start in range(0, leases, 50):
+            await asyncio.gather(*(one(i) for i in range(start, min(leases, start + 50))))
+
+
+async def _renew(base: str, leases: list[str], every: float, stopping: threading.Event,
+                 renewing: threading.Event, counts: list[int]) -> None:
+    """Renew each lease once per ``every`` seconds, spread evenly, while ``renewing`` is
+    set; counts[0] renewals done, counts[1] failed. ``leases`` may still be growing."""
+    async with aiohttp.ClientSession(base) as session:
+        flying: set[asyncio.Task[None]] = set()
+
+        async def renew(lease: str) -> None:
+            async with session.post(f"/v1/leases/{lease}/renew") as reply:
+                counts[0 if reply.status == 200 else 1] += 1
+
+        turn = 0
+        while not stopping.is_set():
+            if not renewing.is_set() or not leases:
+                await asyncio.sleep(0.05)
+                continue
+            # on schedule, whatever the last one takes: a store's round trip under load
+            # can outlast the gap between two renewals
+            task = asyncio.create_task(renew(leases[turn % len(leases)]))
+            flying.add(task)
+            task.add_done_callback(flying.discard)
+            turn += 1
+            await asyncio.sleep(every / len(leases))
+        await asyncio.gather(*flying)
+
+
+async def _still_held(base: str, leases: list[str]) -> int:
+    async with aiohttp.ClientSession(base) as session:
+        async def held(lease: str) -> int:
+            async with session.get(f"/v1/leases/{lease}") as reply:
+                return (await reply.json())["endpoints"] if reply.status == 200 else 0
+
+        total = 0
+        for start in range(0, len(leases), 100):
+            total += sum(await asyncio.gather(*(held(i) for i in leases[start:start + 100])))
+        return total
+
+
+def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, ...] | None:
+    with ExitStack() as stack:
+        flags = _backend_flags(backend, stack)
+        if flags is None:
+            return None
+        process = SdnsProcess(*flags, "--service-cidr", "10.96.0.0/12",
+                              "--log-level", "warning").start()
+        stack.callback(process.stop)
+        per_lease = args.endpoints // args.leases
+        leases: list[str] = []
+        renewing, stopping, counts = threading.Event(), threading.Event(), [0, 0]
+        renewing.set()  # from the first lease on: loading a slow store outlasts a ttl
+        renewer = threading.Thread(target=asyncio.run, args=(_renew(
+            process.api.base, leases, args.renew_every, stopping, renewing, counts),))
+        renewer.start()
+        started = time.monotonic()
+        asyncio.run(_register(process.api.base, args.leases, per_lease, leases))
+        loaded = time.monotonic() - started
+        subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
+                       capture_output=True)
+        queries = workdir / f"churn-{backend}.txt"
+        queries.write_text("".join(f"churn-{i}.default.{ZONE} A\n" for i in range(args.leases)))
+        server = Server(process.dns_port, process.process.pid)
+        dnsperf(server, queries, 60, passes=1)  # answers are built on a miss
+        counts[:] = [0, 0]  # renewals during the timed windows only
+        quiet, busy = [], []
+        try:
+            for window in range(max(2, args.hold // args.window)):
+                if window % 2:
+                    renewing.set()
+                else:
+                    renewing.clear()
+                qps = dnsperf(server, queries, args.window)[0].qps
+                (busy if window % 2 else quiet).append(qps)
+            renewing.set()  # while the leases are counted
+            held = asyncio.run(_still_held(process.api.base, leases))
+        finally:
+            stopping.set()
+            renewer.join()
+        return (backend, f"{per_lease * args.leases:,}", args.leases, f"{loaded:.0f} s",
+                f"{counts[0]:,} ({counts[1]} failed)", f"{median(quiet):,.0f}",
+                f"{median(busy):,.0f}", f"{median(busy) / median(quiet):.2f}x",
+                f"{per_lease * args.leases - held:,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--endpoints", type=int, default=150_000)
+    parser.add_argument("--leases", type=int, default=1_500)
+    parser.add_argument("--renew-every", type=float, default=10.0)
+    parser.add_argument("--hold", type=int, default=60)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--backends", default="memory,etcd,zookeeper")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sdns-churn-") as tmp:
+        for backend in args.backends.split(","):
+            row = run(backend, args, Path(tmp))
+            if row is not None:
+                rows.append(row)
+    command = (f"python -m bench churn --endpoints {args.endpoints} --leases {args.leases} "
+               f"--renew-every {args.renew_every:g} --hold {args.hold} --window {args.window}")
+    write_section("churn", "\n\n".join([
+        "## Churn: leases renewed under DNS load",
+        f"`{command}` on {platform.node()}, {time.strftime('%Y-%m-%d')}: each lease holds the "
+        "endpoints of one ClusterIP service; dnsperf asks the services' names (sdns on core 0, "
+        "dnsperf on core 1) in windows that alternate renewing every lease once per period "
+        "with not renewing; medians of the windows.",
+        table(["backend", "endpoints", "leases", "registered in", "renewals",
+               "DNS QPS without renewals", "with renewals", "ratio", "endpoints lost"], rows),
+    ]))
+
+
+if __name__ == "__main__":
+    main()
