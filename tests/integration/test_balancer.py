@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import Counter
@@ -115,8 +116,10 @@ def udp_service(balanced: SdnsProcess) -> Iterator[tuple[str, list[UdpEndpoint]]
 def test_udp_flows_round_robin(udp_service: tuple[str, list[UdpEndpoint]]) -> None:
     vip, _ = udp_service
     answered = Counter()
-    for _ in range(30):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with contextlib.ExitStack() as open_clients:  # open till the end: 30 distinct source
+        for _ in range(30):  # ports, so 30 flows (a port used again is the same flow)
+            client = open_clients.enter_context(socket.socket(socket.AF_INET,
+                                                              socket.SOCK_DGRAM))
             client.settimeout(2)
             client.sendto(b"q", (vip, 5353))
             first = client.recv(64).decode()
@@ -129,8 +132,10 @@ def test_udp_flows_round_robin(udp_service: tuple[str, list[UdpEndpoint]]) -> No
 def test_udp_datagrams_sent_while_a_flow_opens_join_it(
         udp_service: tuple[str, list[UdpEndpoint]]) -> None:
     vip, udp = udp_service
-    for _ in range(10):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with contextlib.ExitStack() as open_clients:  # distinct source ports, as above
+        for _ in range(10):
+            client = open_clients.enter_context(socket.socket(socket.AF_INET,
+                                                              socket.SOCK_DGRAM))
             client.settimeout(2)
             for _ in range(3):  # back to back: the flow is still opening for the others
                 client.sendto(b"q", (vip, 5353))
