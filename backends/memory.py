@@ -116,15 +116,9 @@ class MemoryBackend:
         endpoints = self._endpoints.get(key)
         if endpoints is None:
             raise NotFound(f"service {key} not found")
-        lease = None if endpoint.lease is None else self._leases.get(endpoint.lease)
-        if endpoint.lease is not None and lease is None:
+        if endpoint.lease is not None and endpoint.lease not in self._leases:
             raise LeaseNotFound(endpoint.lease)
-        old = endpoints.get(endpoint.id)
-        if old is not None:
-            self._release(key, old)
-        endpoints[endpoint.id] = endpoint
-        if lease is not None:
-            lease.holders.add((key, endpoint.id))
+        self._store(key, endpoints, endpoint)
         revision = self._next_revision()
         self._publish(Event(revision, "put", key, endpoint.id, endpoint))
         return revision
@@ -142,12 +136,7 @@ class MemoryBackend:
             self._release(key, current.pop(endpoint_id))
             self._publish(Event(revision, "delete", key, endpoint_id))
         for endpoint in endpoints:
-            old = current.get(endpoint.id)
-            if old is not None:
-                self._release(key, old)
-            current[endpoint.id] = endpoint
-            if endpoint.lease is not None:
-                self._leases[endpoint.lease].holders.add((key, endpoint.id))
+            self._store(key, current, endpoint)
             self._publish(Event(revision, "put", key, endpoint.id, endpoint))
         return revision
 
@@ -203,6 +192,17 @@ class MemoryBackend:
             del self._endpoints[key][endpoint_id]
             self._publish(Event(revision, "delete", key, endpoint_id))
         return revision
+
+    def _store(self, key: ServiceKey, endpoints: dict[str, Endpoint], endpoint: Endpoint
+               ) -> None:
+        """Put ``endpoint`` among its service's ``endpoints``, held by its lease (which
+        exists) and no longer by the one of the endpoint it replaces."""
+        old = endpoints.get(endpoint.id)
+        if old is not None:
+            self._release(key, old)
+        endpoints[endpoint.id] = endpoint
+        if endpoint.lease is not None:
+            self._leases[endpoint.lease].holders.add((key, endpoint.id))
 
     def _release(self, key: ServiceKey, endpoint: Endpoint) -> None:
         """``endpoint`` is going: its lease holds it no longer."""

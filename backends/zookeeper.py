@@ -471,15 +471,7 @@ class ZooKeeperBackend:
                        NotFound(f"service {key} not found"))]
             if lease is not None:
                 ops.append(_Op("check", (self._lease_path(lease), -1), LeaseNotFound(lease)))
-            ops.append(_Op("create", (path, body)) if current is None
-                       else _Op("set_data", (path, body, current[1].version)))
-            before = None if current is None else current[0].lease
-            if before != lease:
-                if before is not None:
-                    ops.append(_Op("delete", (self._holder_path(before, key, endpoint.id),)))
-                if lease is not None:
-                    ops.append(_Op("create", (self._holder_path(lease, key, endpoint.id), b""),
-                                   LeaseNotFound(lease)))
+            ops += self._put_ops(key, endpoint, body, current)
             return ops, [Event(revision, "put", key, endpoint.id, endpoint)]
 
         return await self._write(plan)
@@ -505,21 +497,28 @@ class ZooKeeperBackend:
                                                                     endpoint_id),)))
                     events.append(Event(revision, "delete", key, endpoint_id))
             for endpoint in endpoints:
-                path, before = f"{folder}/{endpoint.id}", current.get(endpoint.id)
-                ops.append(_Op("create", (path, bodies[endpoint.id])) if before is None else
-                           _Op("set_data", (path, bodies[endpoint.id], before[1].version)))
-                old_lease = None if before is None else before[0].lease
-                if old_lease != endpoint.lease:
-                    if old_lease is not None:
-                        ops.append(_Op("delete", (self._holder_path(old_lease, key,
-                                                                    endpoint.id),)))
-                    if endpoint.lease is not None:
-                        ops.append(_Op("create", (self._holder_path(endpoint.lease, key,
-                                                                    endpoint.id), b"")))
+                ops += self._put_ops(key, endpoint, bodies[endpoint.id],
+                                     current.get(endpoint.id))
                 events.append(Event(revision, "put", key, endpoint.id, endpoint))
             return ops, events
 
         return await self._write(plan)
+
+    def _put_ops(self, key: ServiceKey, endpoint: Endpoint, body: bytes,
+                 current: tuple[Endpoint, Any] | None) -> list[_Op]:
+        """The operations that store ``endpoint`` over ``current`` (what is stored now, with
+        its stat), moving its entry in the holder index when its lease changes."""
+        path = f"{self._endpoints_path(key)}/{endpoint.id}"
+        ops = [_Op("create", (path, body)) if current is None
+               else _Op("set_data", (path, body, current[1].version))]
+        before = None if current is None else current[0].lease
+        if before != endpoint.lease:
+            if before is not None:
+                ops.append(_Op("delete", (self._holder_path(before, key, endpoint.id),)))
+            if endpoint.lease is not None:
+                ops.append(_Op("create", (self._holder_path(endpoint.lease, key, endpoint.id),
+                                          b""), LeaseNotFound(endpoint.lease)))
+        return ops
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
         path = f"{self._endpoints_path(key)}/{endpoint_id}"
