@@ -226,10 +226,14 @@ class PacketCache:
         replies = self._replies
         old = replies.pop(query, None)
         if old is not None:
-            self.bytes -= PACKET_OVERHEAD + len(query) + len(old[1])
-        size = PACKET_OVERHEAD + len(query) + len(reply)
+            self.bytes -= _packet_size(query, old[1])
+        size = _packet_size(query, reply)
         while replies and self.bytes + size > self.max_bytes:
             dropped, (_, dropped_reply) = replies.popitem(last=False)
-            self.bytes -= PACKET_OVERHEAD + len(dropped) + len(dropped_reply)
+            self.bytes -= _packet_size(dropped, dropped_reply)
         replies[query] = (entry, reply)
         self.bytes += size
+
+
+def _packet_size(query: bytes, reply: bytes) -> int:
+    return PACKET_OVERHEAD + len(query) + len(reply)
