@@ -131,8 +131,14 @@ def test_concurrent_allocation_across_replicas(make_sdns: MakeSdns, shared: list
     with ThreadPoolExecutor(32) as pool:
         ips = list(pool.map(create, range(400)))
     assert len(set(ips)) == 400
-    listed = {s["clusterIP"] for s in b.api.get(f"/v1/services?namespace={ns}").body["services"]}
-    assert listed == set(ips)
+
+    def lists_all(replica: SdnsProcess) -> bool:
+        services = replica.api.get(f"/v1/services?namespace={ns}").body["services"]
+        return {s["clusterIP"] for s in services} == set(ips)
+
+    # Each write is visible at once on the replica that took it; the other one sees it when its
+    # watch delivers it.
+    wait_until(lambda: lists_all(a) and lists_all(b), timeout=5)
 
 
 # Losing the backend
