@@ -34,9 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     defaults = configuration.Config()
     serve_cmd.add_argument("--config", metavar="FILE", help="TOML file, e.g. conf/sdns.toml")
     for name, setting in configuration.SETTINGS.items():
-        serve_cmd.add_argument("--" + name.replace("_", "-"), metavar=setting.metavar,
-                               choices=setting.choices, help=f"{setting.help} (default "
-                               f"{configuration.default_text(name)})")
+        flag, help_text = "--" + name.replace("_", "-"), \
+            f"{setting.help} (default {configuration.default_text(name)})"
+        if setting.parse is configuration.boolean:
+            serve_cmd.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            serve_cmd.add_argument(flag, metavar=setting.metavar, choices=setting.choices,
+                                   help=help_text)
     serve_cmd.add_argument("--dns-only", action="store_true", help=argparse.SUPPRESS)
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])

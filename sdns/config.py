@@ -143,6 +143,24 @@ def _period(value: Any) -> int:
     return number
 
 
+def _path(value: Any) -> str:
+    text = str(value)
+    if not text:
+        raise ValueError("needs a file name")
+    return text
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     backend: str = "memory"
@@ -165,6 +183,8 @@ class Config:
     balancer: str = "userspace"
     balancer_sync: int = 30
     cache_mb: int = 512
+    tokens: str | None = None
+    metrics_open: bool = False
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -181,6 +201,10 @@ class Setting:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     default: str | None = None  # how --help tells the default, when not the value itself
+    env: str | None = None  # the environment variable, when not SDNS_<NAME>
+
+    def env_name(self, name: str) -> str:
+        return self.env or "SDNS_" + name.upper()
 
 
 # The one table of settings: the file, the environment and the flags all come from it.
@@ -219,6 +243,12 @@ SETTINGS: dict[str, Setting] = {
                         "MIB"),
     "balancer_sync": Setting(_period, "seconds between full resyncs of the balancer's data "
                              "plane (a failed apply is retried sooner)", "SECONDS"),
+    "tokens": Setting(_path, "TOML file of API tokens ([[token]] name, secret, scope, "
+                      "namespaces); SIGHUP reloads it", "FILE",
+                      default="none: the API is open to whoever reaches it",
+                      env="SDNS_TOKENS_FILE"),
+    "metrics_open": Setting(boolean, "serve /metrics without a token even when tokens are on",
+                            default="false"),
 }
 
 
@@ -266,8 +296,8 @@ def load(
     values: dict[str, Any] = {}
     if path is not None:
         values.update(_read_file(Path(path)))
-    for name in SETTINGS:
-        env_name = "SDNS_" + name.upper()
+    for name, setting in SETTINGS.items():
+        env_name = setting.env_name(name)
         if env and env_name in env:
             values[name] = _parse(name, env[env_name], env_name)
     for name, value in (flags or {}).items():

@@ -9,11 +9,13 @@ import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from sdns import store
 from sdns.api.app import make_app
+from sdns.api.tokens import TokenFile, TokensError
 from sdns.balancer.balancer import Balancer
 from sdns.cluster_ip import ClusterIPRanges
 from sdns.config import Config, HostPort, upstreams
@@ -50,11 +52,43 @@ def _nameserver(address: HostPort) -> str | None:
     return None if ip.is_unspecified else str(ip)
 
 
+def _loopback(address: HostPort) -> bool:
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return address.host == "localhost"
+
+
+def _tokens(config: Config) -> TokenFile | None:
+    """The API's tokens, reloaded on SIGHUP; None (and a warning if it matters) without."""
+    if config.tokens is None:
+        if not _loopback(config.api_addr):
+            log.warning("the HTTP API listens on %s without tokens: anyone who reaches it can "
+                        "register or delete any service (see --tokens)", config.api_addr)
+        return None
+    try:
+        tokens = TokenFile(Path(config.tokens))
+    except TokensError as error:
+        raise StartupError(str(error)) from None
+
+    def reload() -> None:
+        try:
+            log.info("tokens reloaded from %s: %d tokens", tokens.path, tokens.reload())
+        except TokensError as error:
+            log.error("tokens not reloaded, the previous ones stay in force: %s", error)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    return tokens
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry]:
     """sdns started with ``config``; stopped in reverse order on exit. Without ``api``, a DNS
     worker: DNS and the watcher that feeds it."""
     async with contextlib.AsyncExitStack() as stack:
+        tokens = _tokens(config) if api else None
+        if tokens is not None:
+            stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
         backend = store.create(config)
         await backend.start()
         stack.push_async_callback(backend.close)
@@ -91,8 +125,8 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
             watcher.subscribe(balancer)
             await balancer.start()
             stack.push_async_callback(balancer.close)
-        runner = web.AppRunner(make_app(registry, balancer), access_log=None,
-                               handle_signals=False)
+        app = make_app(registry, balancer, tokens, config.metrics_open)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(watcher.end_streams)  # open watch requests would hold up the cleanup

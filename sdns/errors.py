@@ -65,3 +65,15 @@ class BackendUnavailable(SdnsError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"backend unavailable: {detail}")
+
+
+class Unauthorized(SdnsError):
+    """No token, or one the API does not know."""
+
+    status = 401
+
+
+class Forbidden(SdnsError):
+    """A known token whose scope or namespaces do not cover the call."""
+
+    status = 403

@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sdns.api.tokens import Token, TokenFile
 from sdns.balancer.balancer import Balancer
-from sdns.errors import BackendUnavailable, Invalid, SdnsError, TooLarge
+from sdns.errors import BackendUnavailable, Forbidden, Invalid, SdnsError, TooLarge, Unauthorized
 from sdns.model import Lease, ServiceKey
 from sdns.registry import Registry
 from sdns.validation import label, lease_id, service_key
@@ -20,6 +21,11 @@ MAX_SET_BODY = 4 * 1024 * 1024  # a whole endpoint set: 10,000 endpoints
 READY_TIMEOUT = 2.0
 REGISTRY = web.AppKey("registry", Registry)
 BALANCER = web.AppKey("balancer", Balancer)
+TOKENS = web.AppKey("tokens", TokenFile)
+OPEN_PATHS = web.AppKey("open_paths", frozenset)
+TOKEN = "token"  # the request's Token, when the API has tokens
+READ_METHODS = frozenset({"GET", "HEAD"})
+ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,11 +36,49 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except SdnsError as error:
-        return web.json_response(error.to_json(), status=error.status)
+        headers = {"WWW-Authenticate": 'Bearer realm="sdns"'} if error.status == 401 else None
+        return web.json_response(error.to_json(), status=error.status, headers=headers)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         return web.json_response({"error": error.reason.lower()}, status=error.status)
+
+
+def _presented(request: web.Request) -> str:
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return secret.strip()
+    return request.headers.get("X-Sdns-Token", "")
+
+
+@web.middleware
+async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With tokens on, every call but the open paths needs one whose scope and namespaces cover
+    it; the handler sees it as ``request[TOKEN]`` to leave out other namespaces."""
+    token_file = request.app.get(TOKENS)
+    if token_file is None or request.path in request.app[OPEN_PATHS]:
+        return await handler(request)
+    token = token_file.tokens.find(_presented(request))
+    if token is None:
+        raise Unauthorized("missing or unknown token")
+    if request.method not in READ_METHODS and not token.may_write():
+        raise Forbidden(f"token {token.name!r} may only read")
+    namespace = request.match_info.get("namespace", request.query.get("namespace"))
+    if namespace is not None and not token.covers(namespace):
+        raise Forbidden(f"token {token.name!r} may not use namespace {namespace!r}", "namespace")
+    if token.namespaces is not None and request.method == "DELETE" and \
+            request.match_info.route.resource is not None and \
+            request.match_info.route.resource.canonical == LEASE:
+        raise Forbidden(f"token {token.name!r} may not delete leases: that removes their "
+                        "endpoints in every namespace, and the token is limited to some")
+    request[TOKEN] = token
+    return await handler(request)
+
+
+def _covers(request: web.Request, namespace: str) -> bool:
+    """Whether the caller's token (if tokens are on) may see ``namespace``."""
+    token: Token | None = request.get(TOKEN)
+    return token is None or token.covers(namespace)
 
 
 def _key(request: web.Request) -> ServiceKey:
@@ -91,6 +135,8 @@ async def watch(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     async for event in changes:
+        if not _covers(request, event.key.namespace):
+            continue
         await response.write(json.dumps(event.to_json()).encode() + b"\n")
     await response.write_eof()
     return response
@@ -102,7 +148,8 @@ async def list_services(request: web.Request) -> web.Response:
         label(namespace, "namespace")
     registry = _registry(request)
     return web.json_response({"revision": registry.revision,
-                              "services": [s.to_json() for s in registry.services(namespace)]})
+                              "services": [s.to_json() for s in registry.services(namespace)
+                                           if _covers(request, s.key.namespace)]})
 
 
 async def get_service(request: web.Request) -> web.Response:
@@ -180,18 +227,25 @@ def _without_count(lease: Lease) -> dict[str, object]:
 
 
 async def balancer_table(request: web.Request) -> web.Response:
-    return web.json_response(request.app[BALANCER].describe())
+    table = request.app[BALANCER].describe()
+    table["services"] = [row for row in table["services"] if _covers(request, row["namespace"])]
+    return web.json_response(table)
 
 
 SERVICE = "/v1/services/{namespace}/{name}"
 ENDPOINT = SERVICE + "/endpoints/{id}"
 LEASE = "/v1/leases/{id}"
+METRICS = "/metrics"
 
 
-def make_app(registry: Registry, balancer: Balancer) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_SET_BODY)
+def make_app(registry: Registry, balancer: Balancer, tokens: TokenFile | None = None,
+             metrics_open: bool = False) -> web.Application:
+    app = web.Application(middlewares=[json_errors, authorize], client_max_size=MAX_SET_BODY)
     app[REGISTRY] = registry
     app[BALANCER] = balancer
+    if tokens is not None:
+        app[TOKENS] = tokens
+    app[OPEN_PATHS] = ALWAYS_OPEN | {METRICS} if metrics_open else ALWAYS_OPEN
     app.add_routes([
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

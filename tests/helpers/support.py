@@ -47,14 +47,17 @@ class Reply:
 class Api:
     """A small synchronous client of the sdns HTTP API."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, token: str | None = None) -> None:
         self.base = base
+        self.headers = {"Content-Type": "application/json"}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None
                 ) -> Reply:
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return Reply(response.status, _json(response.read()))
@@ -163,7 +166,8 @@ class Watch:
 
     def __init__(self, api: Api, since: int | None = None, timeout: float = 10) -> None:
         query = "" if since is None else f"?since={since}"
-        self.response = urllib.request.urlopen(api.base + "/v1/watch" + query, timeout=timeout)
+        request = urllib.request.Request(api.base + "/v1/watch" + query, headers=api.headers)
+        self.response = urllib.request.urlopen(request, timeout=timeout)
 
     def next(self) -> dict[str, Any]:
         line = self.response.readline()
