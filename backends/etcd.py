@@ -84,6 +84,7 @@ class EtcdBackend:
     def __init__(self, endpoints: list[str], prefix: str) -> None:
         host, port = channel_target(endpoints)
         self.endpoints = endpoints
+        self.expired = 0  # etcd expires leases itself, and does not say why a key went
         self.client = aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT,
                                    options={"grpc.max_receive_message_length": MAX_MESSAGE})
         root = prefix.rstrip("/").encode()

@@ -33,6 +33,7 @@ class _Lease:
 class MemoryBackend:
     def __init__(self) -> None:
         self._revision = 0
+        self.expired = 0
         self._services: dict[ServiceKey, Service] = {}
         self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
         self._cluster_ips: dict[str, ServiceKey] = {}
@@ -178,7 +179,11 @@ class MemoryBackend:
         if lease.timer is not None:
             lease.timer.cancel()
         delay = max(0.0, lease.expires_at - time.time())
-        lease.timer = asyncio.get_running_loop().call_later(delay, self._end_lease, lease.id)
+        lease.timer = asyncio.get_running_loop().call_later(delay, self._expire, lease.id)
+
+    def _expire(self, lease_id: str) -> None:
+        self.expired += len(self._leases[lease_id].holders)
+        self._end_lease(lease_id)
 
     def _end_lease(self, lease_id: str) -> int:
         """Drop the lease and delete every endpoint it holds, in one revision."""

@@ -92,6 +92,7 @@ class _Op:
 class ZooKeeperBackend:
     def __init__(self, hosts: list[str], prefix: str) -> None:
         self.hosts = hosts
+        self.expired = 0  # endpoints this replica's reaper removed
         # Reconnect at least every second, so a ZooKeeper that comes back is used at once.
         retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0}
         self.zk = KazooClient(hosts=",".join(hosts), timeout=REQUEST_TIMEOUT,
@@ -608,8 +609,10 @@ class ZooKeeperBackend:
         """Delete the lease and every endpoint it holds, in one revision; with ``due``, only
         when it is past its deadline (``NotFound`` otherwise, and when it is gone)."""
         path = self._lease_path(lease_id)
+        ended = 0
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            nonlocal ended
             found = await self._read_lease(lease_id)
             if found is None:
                 raise NotFound(f"lease {lease_id} not found")
@@ -623,9 +626,13 @@ class ZooKeeperBackend:
                         _Op("delete", (f"{path}/{holder}",))]
                 events.append(Event(revision, "delete", key, endpoint_id))
             ops.append(_Op("delete", (path, found[1].version)))
+            ended = len(events)
             return ops, events
 
-        return await self._write(plan)
+        revision = await self._write(plan)
+        if due:
+            self.expired += ended
+        return revision
 
     def _elect(self) -> None:
         """On its own thread: stand in the election until this process stops."""

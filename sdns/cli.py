@@ -9,9 +9,11 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from sdns import config as configuration
+from sdns import metrics
 from sdns.daemon import StartupError, serve
 from sdns.errors import Invalid, SdnsError
 
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
             serve_cmd.add_argument(flag, metavar=setting.metavar, choices=setting.choices,
                                    help=help_text)
     serve_cmd.add_argument("--dns-only", action="store_true", help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--metrics-reports", metavar="DIR", help=argparse.SUPPRESS)
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
     resolv = commands.add_parser(
@@ -105,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {name: getattr(args, name) for name in configuration.SETTINGS}
     try:
         config = configuration.load(args.config, os.environ, flags)
-        _run(serve(config, worker_argv=None if args.dns_only else _worker_argv(argv)))
+        reports = None if args.metrics_reports is None else \
+            metrics.WorkerReports(Path(args.metrics_reports))
+        _run(serve(config, None if args.dns_only else _worker_argv(argv), reports))
     except (configuration.ConfigError, ValueError) as error:
         print(f"sdns: invalid configuration: {error}", file=sys.stderr)
         return 2

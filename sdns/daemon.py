@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sdns import store
+from sdns import metrics, store
 from sdns.api.app import make_app
 from sdns.api.tokens import TokenFile, TokensError
 from sdns.balancer.balancer import Balancer
@@ -24,6 +24,7 @@ from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
 from sdns.registry import Registry
+from sdns.tasks import cancel
 from sdns.watch import Watcher
 
 log = logging.getLogger("sdns")
@@ -81,10 +82,24 @@ def _tokens(config: Config) -> TokenFile | None:
     return tokens
 
 
+def _dns_family(address: HostPort) -> str:
+    """The family label of DNS metrics, as CoreDNS writes it: 1 for IPv4, 2 for IPv6."""
+    return "2" if ":" in address.host else "1"
+
+
+async def _report(reports: metrics.WorkerReports, responder: Responder) -> None:
+    """A DNS worker's counts, written where the primary reads them at each scrape."""
+    while True:
+        reports.write(metrics.dns_counts(responder))
+        await asyncio.sleep(metrics.REPORT_SECONDS)
+
+
 @contextlib.asynccontextmanager
-async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry]:
+async def running(config: Config, *, api: bool = True,
+                  reports: metrics.WorkerReports | None = None) -> AsyncIterator[Registry]:
     """sdns started with ``config``; stopped in reverse order on exit. Without ``api``, a DNS
-    worker: DNS and the watcher that feeds it."""
+    worker: DNS and the watcher that feeds it, writing its counts to ``reports``; with ``api``,
+    ``reports`` is where the workers' counts are read."""
     async with contextlib.AsyncExitStack() as stack:
         tokens = _tokens(config) if api else None
         if tokens is not None:
@@ -116,6 +131,9 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
 
         registry = Registry(backend, watcher, cluster_ips)
         if not api:
+            if reports is not None:
+                reporting = asyncio.create_task(_report(reports, responder))
+                stack.push_async_callback(cancel, reporting)
             log.info("sdns DNS worker serving %s", config.dns_addr)
             yield registry
             return
@@ -125,6 +143,11 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
             watcher.subscribe(balancer)
             await balancer.start()
             stack.push_async_callback(balancer.close)
+        collector = metrics.ServerCollector(
+            responder, _dns_family(config.dns_addr), watcher,
+            balancer if config.balancer == "userspace" else None, reports)
+        metrics.REGISTRY.register(collector)
+        stack.callback(metrics.REGISTRY.unregister, collector)
         app = make_app(registry, balancer, tokens, config.metrics_open)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -141,17 +164,26 @@ async def running(config: Config, *, api: bool = True) -> AsyncIterator[Registry
         yield registry
 
 
-async def serve(config: Config, worker_argv: list[str] | None = None) -> None:
+async def serve(config: Config, worker_argv: list[str] | None = None,
+                reports: metrics.WorkerReports | None = None) -> None:
     """Run until SIGINT or SIGTERM. With ``worker_argv``, this is the primary: it serves the API
-    and starts ``config.workers - 1`` DNS workers with that command line."""
+    and starts ``config.workers - 1`` DNS workers with that command line. Without, a worker
+    that writes its counts to ``reports``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with running(config, api=worker_argv is not None), contextlib.AsyncExitStack() as stack:
-        if worker_argv is not None:
+    primary = worker_argv is not None
+    if primary:
+        reports = metrics.WorkerReports.create() if config.workers > 1 else None
+    async with contextlib.AsyncExitStack() as stack:
+        if primary and reports is not None:
+            stack.callback(reports.remove)  # last, once the workers are gone
+        await stack.enter_async_context(running(config, api=primary, reports=reports))
+        if worker_argv is not None and reports is not None:
             for _ in range(config.workers - 1):
-                worker = await asyncio.create_subprocess_exec(*worker_argv)
+                worker = await asyncio.create_subprocess_exec(
+                    *worker_argv, "--metrics-reports", str(reports.path))
                 stack.push_async_callback(_stop_worker, worker)
         await stop.wait()
         log.info("sdns stopping")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from sdns import validation
+from sdns import metrics, validation
 from sdns.cluster_ip import ClusterIPRange, ClusterIPRanges
 from sdns.errors import BackendUnavailable, Conflict, Invalid, NotFound, NotYetVisible
 from sdns.model import (
@@ -93,7 +94,7 @@ class Registry:
         return await self._store(requested, old), old is None
 
     async def delete_service(self, key: ServiceKey) -> None:
-        await self._settle(await self.backend.delete_service(key))
+        await self._settle(await self.backend.delete_service(key), "service", "delete")
 
     async def put_endpoint(self, key: ServiceKey, endpoint_id: str,
                            body: Any) -> tuple[Endpoint, bool]:
@@ -110,7 +111,7 @@ class Registry:
             raise
         if old is not None and old.lease != endpoint.lease:
             await self._drop_own_leases([old])  # it holds nothing now
-        await self._settle(revision)
+        await self._settle(revision, "endpoint", "put")
         return endpoint, old is None
 
     async def put_endpoints(self, key: ServiceKey, body: Any
@@ -130,7 +131,7 @@ class Registry:
             raise
         kept = {e.lease for e in endpoints}
         await self._drop_own_leases([e for e in before if e.lease not in kept])
-        await self._settle(revision)
+        await self._settle(revision, "endpoint_set", "put")
         return revision, endpoints, created
 
     async def _service_for(self, key: ServiceKey, ports: dict[str, int]
@@ -199,11 +200,13 @@ class Registry:
             lease = await self.backend.renew_lease(endpoint.lease)
         except NotFound:
             raise NotFound(f"endpoint {endpoint_id} of service {key} has expired") from None
+        metrics.WRITES.labels("endpoint", "heartbeat").inc()
         return replace(endpoint, expires_at=lease.expires_at)
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self.watcher.view.endpoint(key, endpoint_id)
-        await self._settle(await self.backend.delete_endpoint(key, endpoint_id))
+        await self._settle(await self.backend.delete_endpoint(key, endpoint_id), "endpoint",
+                           "delete")
         if old is not None:
             await self._drop_own_leases([old])
 
@@ -218,10 +221,14 @@ class Registry:
     # Leases
 
     async def create_lease(self, body: Any) -> Lease:
-        return await self.backend.create_lease(validation.lease_ttl(body))
+        lease = await self.backend.create_lease(validation.lease_ttl(body))
+        metrics.WRITES.labels("lease", "create").inc()
+        return lease
 
     async def renew_lease(self, lease_id: str) -> Lease:
-        return await self.backend.renew_lease(lease_id)
+        lease = await self.backend.renew_lease(lease_id)
+        metrics.WRITES.labels("lease", "renew").inc()
+        return lease
 
     async def lease(self, lease_id: str) -> Lease:
         lease = await self.backend.get_lease(lease_id)
@@ -230,7 +237,7 @@ class Registry:
         return lease
 
     async def delete_lease(self, lease_id: str) -> None:
-        await self._settle(await self.backend.delete_lease(lease_id))
+        await self._settle(await self.backend.delete_lease(lease_id), "lease", "delete")
 
     async def _create_for_endpoint(self, key: ServiceKey, ports: dict[str, int]) -> Service:
         """The one-call path: a ClusterIP service whose ports are the endpoint's."""
@@ -252,7 +259,8 @@ class Registry:
     async def _store(self, service: Service, old: Service | None, *, create: bool = False
                      ) -> Service:
         if service.type is not ServiceType.CLUSTER_IP:
-            await self._settle(await self.backend.put_service(service, create=create))
+            await self._settle(await self.backend.put_service(service, create=create),
+                               "service", "put")
             return service
         wanted = self._families(service, old)
         fixed: dict[IPFamily, str] = {}  # asked for, or kept from before
@@ -287,7 +295,7 @@ class Registry:
                     raise  # asked for by the user: another service has it
                 del picked[ip_family(error.ip)]  # another replica took it first: pick again
                 continue
-            await self._settle(revision)
+            await self._settle(revision, "service", "put")
             return stored
         raise Conflict("could not allocate a free clusterIP: too much contention", "clusterIP")
 
@@ -322,6 +330,11 @@ class Registry:
                           f"only {configured[0].value} (--service-cidr)", "ipFamilyPolicy")
         return families(wanted)
 
-    async def _settle(self, revision: int) -> None:
+    async def _settle(self, revision: int, kind: str, action: str) -> None:
+        """Count the write stored at ``revision``, and return once this replica's view holds
+        it (``NotYetVisible`` past ``visible_within``)."""
+        metrics.WRITES.labels(kind, action).inc()
+        stored = time.monotonic()
         if not await self.watcher.caught_up(revision, self.visible_within):
             raise NotYetVisible(revision, self.visible_within)
+        metrics.PROGRAMMING.observe(time.monotonic() - stored)

@@ -56,6 +56,8 @@ class Snapshot:
 class Backend(Protocol):
     """What sdns needs from a store. Writes return the revision of the change they made."""
 
+    expired: int  # endpoints this process removed because their lease ran out, for metrics
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -54,6 +54,14 @@ class View:
     def endpoints(self, key: ServiceKey) -> list[Endpoint]:
         return sorted(self._endpoints.get(key, {}).values(), key=lambda e: e.id)
 
+    def counts(self) -> tuple[int, int, int]:
+        """How many services, ready endpoints and endpoints not ready the view holds."""
+        ready = total = 0
+        for endpoints in self._endpoints.values():
+            total += len(endpoints)
+            ready += sum(e.ready for e in endpoints.values())
+        return len(self._services), ready, total - ready
+
     def endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
         return self._endpoints.get(key, {}).get(endpoint_id)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sdns import metrics
 from sdns.api.tokens import Token, TokenFile
 from sdns.balancer.balancer import Balancer
 from sdns.errors import BackendUnavailable, Forbidden, Invalid, SdnsError, TooLarge, Unauthorized
@@ -226,6 +227,10 @@ def _without_count(lease: Lease) -> dict[str, object]:
     return body
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 async def balancer_table(request: web.Request) -> web.Response:
     table = request.app[BALANCER].describe()
     table["services"] = [row for row in table["services"] if _covers(request, row["namespace"])]
@@ -249,6 +254,7 @@ def make_app(registry: Registry, balancer: Balancer, tokens: TokenFile | None = 
     app.add_routes([
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
+        web.get(METRICS, metrics_text),
         web.get("/v1/watch", watch),
         web.get("/v1/balancer", balancer_table),
         web.get("/v1/services", list_services),

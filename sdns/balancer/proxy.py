@@ -55,6 +55,7 @@ class Listener:
     turn: int = 0
     states: dict[Backend, EndpointState] = field(default_factory=dict)
     affinity: dict[str, tuple[Backend, float]] = field(default_factory=dict)
+    accepted: int = 0  # connections and UDP flows sent to an endpoint, for metrics
 
     def update(self, frontend: Frontend) -> None:
         self.frontend = frontend
@@ -171,6 +172,7 @@ async def _proxy_tcp(listener: Listener, reader: asyncio.StreamReader,
             state.succeeded()
             state.connections += 1
         listener.chose(client, backend)
+        listener.accepted += 1
         try:
             await _pipe_both(reader, writer, *upstream)
         finally:
@@ -244,6 +246,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
             self.frontend.flows.pop(self.client, None)
             return
         state = self.frontend.listener.states.get(self.backend)
+        self.frontend.listener.accepted += 1
         if state is not None:
             state.connections += 1
         for data in self.pending:

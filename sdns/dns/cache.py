@@ -27,7 +27,7 @@ class Encoded:
     ``valid`` turns False when the cache drops the entry, so that copies held elsewhere (the
     packet cache of the responder) know to stop serving it."""
 
-    __slots__ = ("counts", "counts_edns", "flags", "records", "rest", "short", "tags",
+    __slots__ = ("counts", "counts_edns", "denial", "flags", "records", "rest", "short", "tags",
                  "truncated_flags", "turn", "valid")
 
     def __init__(self, packed: bytes, question_end: int, tags: frozenset[Tag]) -> None:
@@ -35,6 +35,7 @@ class Encoded:
         self.truncated_flags = bytes((packed[2] | 0x02, packed[3]))
         self.counts = packed[4:12]
         qd, an, ns, ar = struct.unpack(">HHHH", self.counts)
+        self.denial = an == 0 or packed[3] & 0x0F == wire.Rcode.NXDOMAIN
         self.counts_edns = struct.pack(">HHHH", qd, an, ns, ar + 1)
         self.rest = packed[question_end:]
         # the reply without its additional records, for a UDP client whose limit they pass
@@ -154,6 +155,8 @@ class AnswerCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.evictions = 0
+        self.denials = 0  # entries that are NXDOMAIN or have no answer records
         self._entries: OrderedDict[Key, Encoded] = OrderedDict()
         self._by_tag: dict[Tag, set[Key]] = {}
 
@@ -169,8 +172,10 @@ class AnswerCache:
         size = _answer_size(key, entry)
         while self._entries and self.bytes + size > self.max_bytes:
             self._forget(*self._entries.popitem(last=False))
+            self.evictions += 1
         self._entries[key] = entry
         self.bytes += size
+        self.denials += entry.denial
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(key)
 
@@ -185,6 +190,7 @@ class AnswerCache:
         self._entries.clear()
         self._by_tag.clear()
         self.bytes = 0
+        self.denials = 0
 
     def _remove(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
@@ -194,6 +200,7 @@ class AnswerCache:
     def _forget(self, key: Key, entry: Encoded) -> None:
         entry.valid = False
         self.bytes -= _answer_size(key, entry)
+        self.denials -= entry.denial
         for tag in entry.tags:
             keys = self._by_tag.get(tag)
             if keys is not None:
@@ -214,24 +221,27 @@ class PacketCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._replies: OrderedDict[bytes, tuple[Encoded, bytes]] = OrderedDict()
+        self.evictions = 0
+        # a reply with its answer and its tally key (``sdns.dns.tally``)
+        self._replies: OrderedDict[bytes, tuple[Encoded, bytes, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._replies)
 
-    def get(self, query: bytes) -> tuple[Encoded, bytes] | None:
+    def get(self, query: bytes) -> tuple[Encoded, bytes, int] | None:
         return self._replies.get(query)
 
-    def put(self, query: bytes, entry: Encoded, reply: bytes) -> None:
+    def put(self, query: bytes, entry: Encoded, reply: bytes, counted: int) -> None:
         replies = self._replies
         old = replies.pop(query, None)
         if old is not None:
             self.bytes -= _packet_size(query, old[1])
         size = _packet_size(query, reply)
         while replies and self.bytes + size > self.max_bytes:
-            dropped, (_, dropped_reply) = replies.popitem(last=False)
+            dropped, (_, dropped_reply, _) = replies.popitem(last=False)
             self.bytes -= _packet_size(dropped, dropped_reply)
-        replies[query] = (entry, reply)
+            self.evictions += 1
+        replies[query] = (entry, reply, counted)
         self.bytes += size
 
 

@@ -18,7 +18,7 @@ import logging
 import random
 import struct
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,13 +50,14 @@ class ForwardSettings:
 class _Cached:
     """An upstream reply with its ID, question and OPT taken out, and where its TTLs are."""
 
-    __slots__ = ("body", "counts", "expires", "flags", "short", "stored", "ttl_offsets")
+    __slots__ = ("body", "counts", "denial", "expires", "flags", "short", "stored", "ttl_offsets")
 
     def __init__(self, flags: bytes, counts: bytes, body: bytes, ttl_offsets: list[int],
                  ttl: int) -> None:
         self.flags, self.counts, self.body = flags, counts, body
         self.ttl_offsets = ttl_offsets
         _, an, ns, ar = struct.unpack(">HHHH", counts)
+        self.denial = an == 0 or flags[1] & 0x0F == Rcode.NXDOMAIN
         # where the additional records start, for a UDP client whose limit they pass
         self.short = None if ar == 0 else wire.records_end(body, 0, an + ns)
         self.stored = time.monotonic()
@@ -91,25 +92,36 @@ class Forwarder:
         self.settings = settings
         self._cache: OrderedDict[tuple[bytes, int, int], _Cached] = OrderedDict()
         self._inflight: dict[tuple[bytes, int, int], asyncio.Future[_Cached]] = {}
-        self.upstream_queries = 0
+        # for metrics: queries sent to each upstream, its replies by rcode
+        self.requests: Counter[str] = Counter()
+        self.responses: Counter[tuple[str, int]] = Counter()
+        self.served_stale = 0
+        self.evictions = 0
 
-    async def reply(self, data: bytes, query: wire.Query, udp: bool) -> bytes:
+    def entries(self) -> tuple[int, int]:
+        """How many cached answers are successes, and how many denials."""
+        denials = sum(c.denial for c in self._cache.values())
+        return len(self._cache) - denials, denials
+
+    async def reply(self, data: bytes, query: wire.Query, udp: bool) -> tuple[bytes, bool]:
+        """The reply, and whether it came from the cache (fresh or stale)."""
         key = (query.qname, query.qtype, query.qclass)
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached is not None and cached.expires > now:
             self._cache.move_to_end(key)
-            return cached.reply(data, query, udp)
+            return cached.reply(data, query, udp), True
         try:
             fresh = await self._shared_lookup(key, data, query)
         except UpstreamFailed as error:
             stale_until = (cached.expires + self.settings.stale_seconds) if cached else 0
             if cached is not None and now < stale_until:
                 log.info("serving a stale answer: %s", error)
-                return cached.reply(data, query, udp, stale=True)
+                self.served_stale += 1
+                return cached.reply(data, query, udp, stale=True), True
             log.warning("forwarding failed: %s", error)
-            return wire.error_reply(data, Rcode.SERVFAIL, query)
-        return fresh.reply(data, query, udp)
+            return wire.error_reply(data, Rcode.SERVFAIL, query), False
+        return fresh.reply(data, query, udp), False
 
     async def _shared_lookup(self, key: tuple[bytes, int, int], data: bytes, query: wire.Query
                              ) -> _Cached:
@@ -142,6 +154,7 @@ class Forwarder:
                 if reply[2] & 0x02:  # truncated: the whole answer comes over TCP
                     reply = await self._ask_tcp(upstream, question)
                 rcode = reply[3] & 0x0F
+                self.responses[str(upstream), rcode] += 1
                 if rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
                     raise UpstreamFailed(f"rcode {rcode}")
                 return self._store(query, reply)
@@ -155,7 +168,7 @@ class Forwarder:
         return qid, header + question + wire.OPT
 
     async def _ask_udp(self, upstream: HostPort, question: bytes) -> bytes:
-        self.upstream_queries += 1
+        self.requests[str(upstream)] += 1
         qid, message = self._query_message(question)
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[bytes] = loop.create_future()
@@ -168,7 +181,7 @@ class Forwarder:
             transport.close()
 
     async def _ask_tcp(self, upstream: HostPort, question: bytes) -> bytes:
-        self.upstream_queries += 1
+        self.requests[str(upstream)] += 1
         qid, message = self._query_message(question)
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(upstream.host, upstream.port), self.settings.timeout)
@@ -195,6 +208,7 @@ class Forwarder:
         self._cache.move_to_end(key)
         while len(self._cache) > settings.cache_entries:
             self._cache.popitem(last=False)
+            self.evictions += 1
         return cached
 
 

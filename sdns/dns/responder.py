@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from sdns.dns import wire
+from sdns.dns import tally, wire
 from sdns.dns.cache import AnswerCache, PacketCache, encode, encode_quick
 from sdns.dns.forward import Forwarder
 from sdns.dns.wire import Rcode, RecordType
@@ -40,12 +40,14 @@ class Responder:
         self.forwarder = forwarder
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}
+        self.tallies = tally.Tallies()
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached, or quick to make (then it is
         cached); None means "ask ``reply``". The hot path, run on the UDP thread."""
         hit = self.packets.get(data[2:])
         if hit is not None and hit[0].valid:
+            self.tallies.udp_thread.count(hit[2])
             return data[:2] + hit[1]
         try:
             query = wire.parse(data)
@@ -55,6 +57,7 @@ class Responder:
             return None
         key = (query.qname, query.qtype)
         entry = self.cache.get(key)
+        outcome = tally.CACHED
         if entry is None:
             with self.zone.view.lock:
                 quick = self.zone.quick(wire.labels(query.qname), query.qtype)
@@ -62,21 +65,29 @@ class Responder:
                     return None  # the loop builds it
                 entry = encode_quick(query.qname, query.qtype, quick, self.zone.ttl)
                 self.cache.put(key, entry)
+            outcome = tally.MISS
         reply = entry.reply(data, query, True)
         if not entry.rotates:
-            self.packets.put(data[2:], entry, reply[2:])
+            self.packets.put(data[2:], entry, reply[2:],
+                             tally.key(query.qtype, reply, tally.CACHED))
+        self.tallies.udp_thread.count(tally.key(query.qtype, reply, outcome))
         return reply
 
     async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:
         """The reply to a query ``reply`` did not answer: forwarded for allowed clients, so that
         sdns is never an open resolver; REFUSED for the others."""
+        outcome = tally.UNCACHED
         if self.forwarder is None or not self._is_allowed(client):
-            return wire.error_reply(data, Rcode.REFUSED, query)
-        try:
-            return await self.forwarder.reply(data, query, udp)
-        except Exception:
-            log.exception("failed to forward a query; replying SERVFAIL")
-            return wire.error_reply(data, Rcode.SERVFAIL, query)
+            reply = wire.error_reply(data, Rcode.REFUSED, query)
+        else:
+            try:
+                reply, cached = await self.forwarder.reply(data, query, udp)
+                outcome = tally.CACHED if cached else tally.MISS
+            except Exception:
+                log.exception("failed to forward a query; replying SERVFAIL")
+                reply = wire.error_reply(data, Rcode.SERVFAIL, query)
+        self.tallies.on_loop(udp).count(tally.key(query.qtype, reply, outcome))
+        return reply
 
     def _is_allowed(self, client: str) -> bool:
         allowed = self._allowed.get(client)
@@ -95,32 +106,41 @@ class Responder:
         except wire.Drop:
             return None
         except wire.FormatError:
-            return wire.error_reply(data, Rcode.FORMERR)
+            reply = wire.error_reply(data, Rcode.FORMERR)
+            self.tallies.on_loop(udp).count(tally.key(0, reply, tally.UNCACHED))
+            return reply
         try:
-            return self._answer(data, query, udp)
+            reply, outcome = self._answer(data, query, udp)
         except Exception:
             log.exception("failed to answer a query; replying SERVFAIL")
-            return wire.error_reply(data, Rcode.SERVFAIL, query)
+            reply, outcome = wire.error_reply(data, Rcode.SERVFAIL, query), tally.UNCACHED
+        if isinstance(reply, bytes):
+            self.tallies.on_loop(udp).count(tally.key(query.qtype, reply, outcome))
+        return reply
 
-    def _answer(self, data: bytes, query: wire.Query, udp: bool) -> bytes | wire.Query:
+    def _answer(self, data: bytes, query: wire.Query, udp: bool
+                ) -> tuple[bytes | wire.Query, int]:
+        """The reply (or the query, to forward) and what the cache did for it."""
         if data[2] & 0x78:
-            return wire.error_reply(data, Rcode.NOTIMP, query)
+            return wire.error_reply(data, Rcode.NOTIMP, query), tally.UNCACHED
         if query.edns_version:
-            return wire.error_reply(data, Rcode.BADVERS, query)
+            return wire.error_reply(data, Rcode.BADVERS, query), tally.UNCACHED
         key = (query.qname, query.qtype)
         entry = self.cache.get(key)
+        outcome = tally.CACHED
         if entry is None:
             if query.qclass != wire.CLASS_IN or query.qtype in (RecordType.AXFR, RecordType.IXFR):
-                return wire.error_reply(data, Rcode.REFUSED, query)
+                return wire.error_reply(data, Rcode.REFUSED, query), tally.UNCACHED
             answer = self.zone.answer(wire.labels(query.qname), query.qtype)
             if answer is None:
-                return query
+                return query, tally.UNCACHED
             entry = encode(query.qname, query.qtype, answer)
             with self.zone.view.lock:
                 self.cache.put(key, entry)
+            outcome = tally.MISS
         elif query.qclass != wire.CLASS_IN:
-            return wire.error_reply(data, Rcode.REFUSED, query)
-        return entry.reply(data, query, udp)
+            return wire.error_reply(data, Rcode.REFUSED, query), tally.UNCACHED
+        return entry.reply(data, query, udp), outcome
 
     # Subscriber of the watcher
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 
 from sdns.config import HostPort
 from sdns.dns import datagrams, wire
@@ -38,18 +39,23 @@ class _UdpServer:
     def _serve_batches(self) -> None:
         batch = datagrams.Datagrams(self.sock)
         cached, call_soon = self.responder.cached_reply, self.loop.call_soon_threadsafe
+        took = self.responder.tallies.udp_thread.took
         while not self._stopping:
             try:
                 received = batch.receive()
+                start = time.perf_counter()
                 try:
                     replies = [cached(data) for data in received]
                 except Exception:  # a bug: find the query that hits it, and spare the others
                     replies = [self._cached(data) for data in received]
+                answered = len(replies)
                 if None in replies:
                     for i, reply in enumerate(replies):
                         if reply is None:
-                            call_soon(self._answer, received[i], batch.sender(i))
+                            answered -= 1
+                            call_soon(self._answer, received[i], batch.sender(i), start)
                 batch.send(replies)
+                took(time.perf_counter() - start, answered)  # each as long as the batch
             except Exception as error:
                 if self._ends_on(error):
                     return
@@ -57,14 +63,17 @@ class _UdpServer:
     def _serve_one_by_one(self) -> None:
         receive, send = self.sock.recvfrom, self.sock.sendto
         cached, call_soon = self._cached, self.loop.call_soon_threadsafe
+        took = self.responder.tallies.udp_thread.took
         while not self._stopping:
             try:
                 data, addr = receive(65535)
+                start = time.perf_counter()
                 reply = cached(data)
                 if reply is None:
-                    call_soon(self._answer, data, addr)
+                    call_soon(self._answer, data, addr, start)
                 else:
                     send(reply, addr)
+                    took(time.perf_counter() - start)
             except Exception as error:
                 if self._ends_on(error):
                     return
@@ -89,21 +98,23 @@ class _UdpServer:
             log.error("failed to send UDP replies; they go unanswered", exc_info=error)
         return False
 
-    def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _answer(self, data: bytes, addr: tuple[str, int], start: float) -> None:
         reply = self.responder.reply(data, True)
         if isinstance(reply, wire.Query):
-            task = self.loop.create_task(self._forward(data, reply, addr))
+            task = self.loop.create_task(self._forward(data, reply, addr, start))
             self._forwarding.add(task)
             task.add_done_callback(self._forwarding.discard)
         elif reply is not None:
-            self._send(reply, addr)
+            self._send(reply, addr, start)
 
-    async def _forward(self, data: bytes, query: wire.Query, addr: tuple[str, int]) -> None:
-        self._send(await self.responder.forward(data, query, True, addr[0]), addr)
+    async def _forward(self, data: bytes, query: wire.Query, addr: tuple[str, int],
+                       start: float) -> None:
+        self._send(await self.responder.forward(data, query, True, addr[0]), addr, start)
 
-    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+    def _send(self, reply: bytes, addr: tuple[str, int], start: float) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendto(reply, addr)
+        self.responder.tallies.udp_loop.took(time.perf_counter() - start)
 
     def close(self) -> None:
         self._stopping = True
@@ -172,6 +183,7 @@ class DnsServer:
                 prefix = await asyncio.wait_for(reader.readexactly(2), self.idle_seconds)
                 length = int.from_bytes(prefix, "big")
                 message = await asyncio.wait_for(reader.readexactly(length), self.idle_seconds)
+                start = time.perf_counter()
                 reply = self.responder.reply(message, False)
                 if isinstance(reply, wire.Query):
                     peer = writer.get_extra_info("peername")
@@ -179,6 +191,7 @@ class DnsServer:
                 elif reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
+                self.responder.tallies.tcp.took(time.perf_counter() - start)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass

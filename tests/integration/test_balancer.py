@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.helpers.endpoints import CLIENT_SCRIPT, SERVER_SCRIPT, TcpEndpoint, UdpEndpoint, connect
+from tests.helpers.metrics import scrape, value
 from tests.helpers.netns import Netns, missing_netns
 from tests.helpers.support import SdnsProcess, wait_until
 
@@ -72,6 +73,10 @@ def test_a_stopped_endpoint_is_skipped(balanced: SdnsProcess,
     table = balanced.api.get("/v1/balancer").body
     states = {e["id"]: e["state"] for e in table["services"][0]["endpoints"]}
     assert states["e1"] == "down"
+    samples = scrape(balanced.api.base)
+    labels = {"service": "default/web", "port": "http"}
+    assert value(samples, "sdns_balancer_connections_total", **labels) == 301  # and the probe
+    assert value(samples, "sdns_balancer_endpoint_up", **labels) == 2
 
 
 def test_a_deregistered_endpoint_takes_no_new_connection(balanced: SdnsProcess,

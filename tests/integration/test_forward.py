@@ -15,6 +15,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from tests.helpers.metrics import scrape, value
 from tests.helpers.support import SDNS, SdnsProcess, free_port, query, wait_until
 from tests.helpers.upstream import BROKEN, FakeUpstream
 
@@ -129,6 +130,12 @@ def test_expired_answer_is_served_stale_when_upstreams_fail(make_sdns: MakeSdns,
     reply = dns.query.udp(message, "127.0.0.1", port=process.dns_port, timeout=5)
     assert answers(reply) == ["192.0.2.1", "192.0.2.2"]
     assert reply.answer[0].ttl == 30
+    samples = scrape(process.api.base)
+    assert value(samples, "sdns_forward_served_stale_total") == 1
+    assert value(samples, "sdns_forward_requests_total", to=server.address) == 2
+    assert value(samples, "sdns_forward_responses_total", to=server.address,
+                 rcode="NOERROR") == 1
+    assert value(samples, "sdns_cache_hits_total", type="success") == 1  # the stale one
 
 
 def test_negative_answers_are_cached_by_soa_minimum(make_sdns: MakeSdns, upstream) -> None:

@@ -55,12 +55,12 @@ def test_the_packet_cache_keeps_to_its_bytes() -> None:
     entry = _entry(frozenset())
     packets = PacketCache(10_000)
     for i in range(1000):
-        packets.put(f"query-{i}".encode(), entry, b"r" * 100)
+        packets.put(f"query-{i}".encode(), entry, b"r" * 100, 0)
     assert packets.bytes <= 10_000
     assert packets.get(b"query-999") is not None
     assert packets.get(b"query-0") is None
-    packets.put(b"query-999", entry, b"r" * 10)  # a replacement is counted once
-    assert packets.bytes == sum(250 + len(k) + len(r) for k, (_, r) in packets._replies.items())
+    packets.put(b"query-999", entry, b"r" * 10, 0)  # a replacement is counted once
+    assert packets.bytes == sum(250 + len(k) + len(r) for k, (_, r, _) in packets._replies.items())
 
 
 def test_the_bound_counts_what_entries_really_take() -> None:
@@ -75,7 +75,7 @@ def test_the_bound_counts_what_entries_really_take() -> None:
             entry = _entry(frozenset({("svc", ("default", f"name{i}")), ("ns", "default")}))
             answers.put((name, 1), entry)
             packets.put(b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01",
-                        entry, b"\x81\x80" + b"r" * 60)
+                        entry, b"\x81\x80" + b"r" * 60, 1 << 20)
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
