@@ -131,6 +131,8 @@ class MemoryBackend:
         for endpoint in endpoints:
             if endpoint.lease is not None and endpoint.lease not in self._leases:
                 raise LeaseNotFound(endpoint.lease)
+        if not endpoints and not current:
+            return self._revision  # nothing to change: no revision of its own
         revision = self._next_revision()
         wanted = {e.id for e in endpoints}
         for endpoint_id in [i for i in current if i not in wanted]:

@@ -479,6 +479,13 @@ class ZooKeeperBackend:
 
     async def put_endpoints(self, key: ServiceKey, endpoints: list[Endpoint]) -> int:
         folder = self._endpoints_path(key)
+        if not endpoints and not await self._children(folder):
+            # nothing to change: a log entry without events would be a revision that no
+            # watcher ever sees
+            revision = await self._revision()
+            if await self._call("exists", self._service_path(key)) is None:
+                raise NotFound(f"service {key} not found")
+            return revision
         bodies = {e.id: stored.dump(e) for e in endpoints}
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
@@ -609,6 +616,9 @@ class ZooKeeperBackend:
         """Delete the lease and every endpoint it holds, in one revision; with ``due``, only
         when it is past its deadline (``NotFound`` otherwise, and when it is gone)."""
         path = self._lease_path(lease_id)
+        emptied = await self._end_empty_lease(lease_id, due)
+        if emptied is not None:
+            return emptied
         ended = 0
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
@@ -633,6 +643,25 @@ class ZooKeeperBackend:
         if due:
             self.expired += ended
         return revision
+
+    async def _end_empty_lease(self, lease_id: str, due: bool) -> int | None:
+        """End a lease that holds no endpoint with a plain delete, since nothing anyone
+        watches changes (a log entry without events would be a revision no watcher sees);
+        the revision it happened at, or None when it holds endpoints."""
+        path = self._lease_path(lease_id)
+        found = await self._read_lease(lease_id)
+        if found is None or (due and found[0].expires_at > time.time()):
+            raise NotFound(f"lease {lease_id} not found" if found is None else "renewed")
+        if await self._children(path):
+            return None
+        try:
+            await self._call("delete", path, found[1].version)
+        except NotEmptyError:
+            return None  # an endpoint joined it meanwhile: the full path deletes both
+        except (NoNodeError, BadVersionError):
+            raise NotFound(f"lease {lease_id} not found (or renewed meanwhile)") from None
+        self._renewed.pop(lease_id, None)
+        return await self._revision()
 
     def _elect(self) -> None:
         """On its own thread: stand in the election until this process stops."""

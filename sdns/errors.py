@@ -28,6 +28,10 @@ class TooLarge(SdnsError):
     status = 413
 
 
+class UnsupportedMediaType(SdnsError):
+    status = 415
+
+
 class NotFound(SdnsError):
     status = 404
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,7 +13,15 @@ from aiohttp import web
 from sdns import metrics
 from sdns.api.tokens import Token, TokenFile
 from sdns.balancer.balancer import Balancer
-from sdns.errors import BackendUnavailable, Forbidden, Invalid, SdnsError, TooLarge, Unauthorized
+from sdns.errors import (
+    BackendUnavailable,
+    Forbidden,
+    Invalid,
+    SdnsError,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from sdns.model import Lease, ServiceKey
 from sdns.registry import Registry
 from sdns.validation import label, lease_id, service_key
@@ -26,7 +35,8 @@ TOKENS = web.AppKey("tokens", TokenFile)
 OPEN_PATHS = web.AppKey("open_paths", frozenset)
 TOKEN = "token"  # the request's Token, when the API has tokens
 READ_METHODS = frozenset({"GET", "HEAD"})
-ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
+ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
+OPENAPI = importlib.resources.files("sdns.api").joinpath("openapi.json")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,7 +52,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return web.json_response({"error": error.reason.lower()}, status=error.status)
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return web.json_response({"error": error.reason.lower()}, status=error.status,
+                                 headers=allow)
 
 
 def _presented(request: web.Request) -> str:
@@ -90,7 +102,17 @@ def _endpoint_id(request: web.Request) -> str:
     return label(request.match_info["id"], "id")
 
 
+# A body is JSON. Also taken: no Content-Type, and the form type curl -d sends, so that
+# `curl -X PUT ... -d '{...}'` works as the README shows; any other type is refused, since a
+# browser page may send those cross-site without asking.
+JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
+
+
 async def _body(request: web.Request, limit: int = MAX_BODY) -> Any:
+    if request.headers.get("Content-Type") is not None and \
+            request.content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(f"the body must be JSON (Content-Type: application/json), "
+                                   f"not {request.content_type}", "Content-Type")
     raw = bytearray()
     while len(raw) <= limit and (chunk := await request.content.read(limit + 1 - len(raw))):
         raw += chunk
@@ -227,6 +249,10 @@ def _without_count(lease: Lease) -> dict[str, object]:
     return body
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
@@ -255,6 +281,7 @@ def make_app(registry: Registry, balancer: Balancer, tokens: TokenFile | None = 
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get(METRICS, metrics_text),
+        web.get("/openapi.json", openapi),
         web.get("/v1/watch", watch),
         web.get("/v1/balancer", balancer_table),
         web.get("/v1/services", list_services),

@@ -4,6 +4,7 @@ on every backend."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -104,3 +105,15 @@ def test_a_set_over_4_mib_is_a_413(sdns: SdnsProcess, ns: str) -> None:
     assert reply.status == 413
     assert reply.body["field"] == "body"
     assert sdns.api.get(f"/v1/services/{ns}/db").status == 404
+
+
+def test_an_empty_set_answers_at_once(sdns: SdnsProcess, ns: str) -> None:
+    # found by the contract fuzzing: an empty set changes nothing, and was waited for as a
+    # revision that never came (202 after 5 s)
+    for _ in range(2):  # the first creates the service, the second changes nothing at all
+        started = time.monotonic()
+        reply = sdns.api.put(f"/v1/services/{ns}/empty/endpoints", {"endpoints": []})
+        assert reply.status in (200, 201), reply.body
+        assert reply.body["endpoints"] == []
+        assert time.monotonic() - started < 1
+    assert sdns.api.get(f"/v1/services/{ns}/empty/endpoints").body == {"endpoints": []}

@@ -89,6 +89,14 @@ def test_deleting_a_lease_removes_its_endpoints_at_once_in_one_revision(sdns: Sd
     assert sdns.api.delete(f"/v1/leases/{lease['id']}").status == 404
 
 
+def test_deleting_a_lease_that_holds_nothing_answers_at_once(sdns: SdnsProcess) -> None:
+    lease = sdns.api.post("/v1/leases", {"ttl": 60}).body["id"]
+    started = time.monotonic()
+    assert sdns.api.delete(f"/v1/leases/{lease}").status == 204
+    assert time.monotonic() - started < 1
+    assert sdns.api.get(f"/v1/leases/{lease}").status == 404
+
+
 def test_renewals_and_heartbeats_add_nothing_to_the_watch(sdns: SdnsProcess, ns: str) -> None:
     lease = _lease(sdns, 30)
     _register(sdns, ns, lease["id"], count=1)
