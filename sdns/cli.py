@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdns import commands as client_commands
 from sdns import config as configuration
 from sdns import metrics
 from sdns.daemon import StartupError, serve
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--metrics-reports", metavar="DIR", help=argparse.SUPPRESS)
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
+    client_commands.add_to(commands)
     resolv = commands.add_parser(
         "resolv-conf", help="print the resolv.conf of a container in a namespace",
         description="Print the resolv.conf that makes a container in NAMESPACE use sdns: "
@@ -97,6 +99,8 @@ def _worker_argv(argv: Sequence[str] | None) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if hasattr(args, "run"):
+        return client_commands.run(args)
     if args.command == "resolv-conf":
         try:
             return _print_resolv_conf(args)

@@ -1,130 +1,159 @@
-"""`sdns serve` as a user starts and stops it."""
+"""The client subcommands and ``sdns.client`` against a real sdns: register, ls, watch shows
+the change, deregister; exit codes; tokens; the watch iterator's resume and relist."""
 
 from __future__ import annotations
 
-import signal
-import socket
+import asyncio
+import json
 import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import dns.rcode
 import pytest
 
-from tests.helpers.support import SDNS, SdnsProcess, free_port
+from sdns.client import ApiError, Client, Sync
+from tests.helpers.servers import backend_args
+from tests.helpers.support import SDNS, SdnsProcess, free_port, wait_until
+
+MakeSdns = Callable[..., SdnsProcess]
 
 
-def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SDNS, "serve", *args], capture_output=True, text=True, timeout=20,
-                          env=env)
-
-
-def test_help_documents_every_setting() -> None:
-    out = subprocess.run([SDNS, "serve", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ("--config", "--backend", "--dns-addr", "--api-addr", "--zone",
-                 "--service-cidr", "--ttl", "SDNS_"):
-        assert flag in out
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_start_logs_addresses_and_stops_cleanly(sig: signal.Signals) -> None:
+@pytest.fixture(scope="module")
+def sdns() -> Iterator[SdnsProcess]:
+    """The client is the same whatever the backend: one memory sdns for these tests."""
     process = SdnsProcess().start()
-    assert process.stop(sig) == 0
-    log = process.output()
-    started = [line for line in log.splitlines() if "serving" in line]
-    assert len(started) == 1
-    assert f"127.0.0.1:{process.dns_port}" in started[0]
-    assert f"127.0.0.1:{process.api_port}" in started[0]
-    assert "Traceback" not in log
+    yield process
+    process.stop()
 
 
-def test_dns_port_taken_is_a_clear_error() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        result = _serve("--dns-addr", f"127.0.0.1:{port}", "--api-addr",
-                        f"127.0.0.1:{free_port()}")
-    assert result.returncode == 1
-    assert f"cannot listen for DNS on 127.0.0.1:{port}" in result.stderr
-    assert "already in use" in result.stderr
-    assert "Traceback" not in result.stderr
+def sdns_cli(process: SdnsProcess, *args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SDNS, *args, "--server", process.api.base], capture_output=True,
+                          text=True, timeout=30, env=env)
 
 
-def test_api_port_taken_is_a_clear_error() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = _serve("--dns-addr", f"127.0.0.1:{free_port()}", "--api-addr",
-                        f"127.0.0.1:{port}")
-    assert result.returncode == 1
-    assert "cannot listen for the HTTP API" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_register_ls_get_deregister(sdns: SdnsProcess, ns: str) -> None:
+    done = sdns_cli(sdns, "register", f"{ns}/cart", "cart-1", "--ip", "10.244.1.5",
+                    "--port", "http=8080")
+    assert done.returncode == 0, done.stderr
+    assert f"registered {ns}/cart cart-1 at 10.244.1.5" in done.stdout
+    listed = sdns_cli(sdns, "ls", ns)
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS"]
+    ip = sdns.api.get(f"/v1/services/{ns}/cart").body["clusterIP"]
+    assert row.split() == [ns, "cart", "ClusterIP", ip, "http:8080/TCP"]
+    shown = json.loads(sdns_cli(sdns, "get", f"{ns}/cart", "-o", "json").stdout)
+    assert [e["id"] for e in shown["endpoints"]] == ["cart-1"]
+    assert shown["clusterIP"] == ip
+    assert "cart-1  10.244.1.5  http:8080  yes    never" in sdns_cli(sdns, "get",
+                                                                     f"{ns}/cart").stdout
+    assert sdns_cli(sdns, "deregister", f"{ns}/cart", "cart-1").returncode == 0
+    assert sdns.api.get(f"/v1/services/{ns}/cart/endpoints").body == {"endpoints": []}
+    assert sdns_cli(sdns, "deregister", f"{ns}/cart").returncode == 0
+    assert sdns.api.get(f"/v1/services/{ns}/cart").status == 404
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--service-cidr", "10.96.0.1/12"], "--service-cidr"),
-    (["--dns-addr", "localhost"], "is not HOST:PORT"),
-    (["--ttl", "-3"], "--ttl"),
-    (["--zone", "bad zone"], "--zone"),
-    (["--backend", "nosuch"], "unknown backend 'nosuch'"),
-    (["--config", "/nonexistent/sdns.toml"], "cannot read"),
-])
-def test_invalid_configuration_exits_2(args: list[str], message: str) -> None:
-    result = _serve(*args)
-    assert result.returncode == 2
-    assert "invalid configuration" in result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_exit_codes(sdns: SdnsProcess, ns: str) -> None:
+    missing = sdns_cli(sdns, "get", f"{ns}/absent")
+    assert missing.returncode == 1
+    assert f"404: service {ns}/absent not found" in missing.stderr
+    invalid = sdns_cli(sdns, "register", f"{ns}/cart", "c1", "--ip", "not-an-ip")
+    assert invalid.returncode == 1 and "(ip)" in invalid.stderr
+    assert sdns_cli(sdns, "get", "no-slash").returncode == 2
+    assert sdns_cli(sdns, "register", f"{ns}/cart", "c1", "--ip", "10.0.0.1", "--ttl", "5",
+                    "--lease", "ab").returncode == 2
+    unreachable = subprocess.run([SDNS, "ls", "--server", f"http://127.0.0.1:{free_port()}"],
+                                 capture_output=True, text=True, timeout=30)
+    assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr
 
 
-def test_unknown_key_in_config_file(tmp_path) -> None:
-    config = tmp_path / "sdns.toml"
-    config.write_text('zone = "cluster.local"\nservice_cdir = "10.0.0.0/8"\n')
-    result = _serve("--config", str(config))
-    assert result.returncode == 2
-    assert "unknown setting 'service_cdir'" in result.stderr
-
-
-def test_flags_beat_environment_beat_file(tmp_path) -> None:
-    config = tmp_path / "sdns.toml"
-    config.write_text('zone = "file.example"\nttl = 30\nservice-cidr = "10.50.0.0/16"\n')
-    process = SdnsProcess("--config", str(config), "--zone", "flag.example",
-                          env={"SDNS_ZONE": "env.example", "SDNS_TTL": "7"}).start()
+def test_watch_prints_each_change_as_it_happens(sdns: SdnsProcess, ns: str) -> None:
+    since = sdns.api.get("/v1/services").body["revision"] + 1
+    watcher = subprocess.Popen([SDNS, "watch", "--since", str(since), "--server",
+                                sdns.api.base, "--json"], stdout=subprocess.PIPE, text=True)
     try:
-        ip = process.api.put("/v1/services/default/web", {}).body["clusterIP"]
-        assert ip.startswith("10.50.")
-        reply = process.query("web.default.svc.flag.example")
-        assert [r.ttl for r in reply.answer] == [7]
-        assert process.query("web.default.svc.env.example").rcode() == dns.rcode.REFUSED
+        sdns.api.put(f"/v1/services/{ns}/web/endpoints/w1", {"ip": "10.9.9.1"})
+        seen = []
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:  # the service, then the endpoint
+            event = json.loads(watcher.stdout.readline())
+            if event["namespace"] == ns:
+                seen.append(event)
+        assert [(e["kind"], e["action"]) for e in seen] == [("service", "put"),
+                                                            ("endpoint", "put")]
+        assert seen[1]["object"]["ip"] == "10.9.9.1"
     finally:
-        process.stop()
+        watcher.kill()
+        watcher.wait()
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+def test_lease_commands(sdns: SdnsProcess, ns: str) -> None:
+    created = json.loads(sdns_cli(sdns, "lease", "create", "--ttl", "60", "--json").stdout)
+    assert created["ttl"] == 60
+    sdns_cli(sdns, "register", f"{ns}/web", "w1", "--ip", "10.9.9.2", "--lease", created["id"])
+    shown = sdns_cli(sdns, "lease", "get", created["id"])
+    assert shown.stdout.startswith(created["id"]) and "holds 1" in shown.stdout
+    assert sdns_cli(sdns, "lease", "renew", created["id"]).returncode == 0
+    assert sdns_cli(sdns, "lease", "delete", created["id"]).returncode == 0
+    assert sdns.api.get(f"/v1/services/{ns}/web/endpoints").body == {"endpoints": []}
+    assert sdns_cli(sdns, "lease", "renew", created["id"]).returncode == 1
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
-def test_dns_on_an_ipv6_address() -> None:
-    port = free_port()
-    process = SdnsProcess("--dns-addr", f"[::1]:{port}").start()
-    try:
-        assert process.api.put("/v1/services/default/web/endpoints/web-1",
-                               {"ip": "10.244.0.9", "ports": {"http": 8080}}).status == 201
-        for transport in ("+notcp", "+notcp", "+tcp"):  # a miss, then from the cache
-            out = subprocess.run(
-                ["dig", "@::1", "-p", str(port), "+time=2", "+tries=1", transport, "+short",
-                 "_http._tcp.web.default.svc.cluster.local", "SRV"],
-                capture_output=True, text=True, timeout=15, check=True).stdout
-            assert out.split()[:3] == ["0", "100", "8080"]
-        nx = subprocess.run(["dig", "@::1", "-p", str(port), "+time=2", "+tries=1",
-                             "nx.default.svc.cluster.local"],
-                            capture_output=True, text=True, timeout=15, check=True).stdout
-        assert "status: NXDOMAIN" in nx
-    finally:
-        process.stop()
+def test_the_cli_takes_its_token_from_the_environment(make_sdns: MakeSdns,
+                                                      tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text('[[token]]\nname = "w"\nsecret = "writer-secret-0123456789"\n'
+                    'scope = "write"\n')
+    process = make_sdns("--tokens", str(path))
+    refused = sdns_cli(process, "ls")
+    assert refused.returncode == 1 and "401: missing or unknown token" in refused.stderr
+    allowed = sdns_cli(process, "ls", env={"SDNS_TOKEN": "writer-secret-0123456789",
+                                           "PATH": "/usr/bin:/bin"})
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_the_client_watch_relists_past_the_history(make_sdns: MakeSdns,
+                                                   request: pytest.FixtureRequest) -> None:
+    shared = backend_args(request, "etcd")
+    first = make_sdns(*shared)
+    first.api.put("/v1/services/shop/old", {})
+    later = make_sdns(*shared)  # its history starts after revision 1
+
+    async def follow() -> list[dict[str, object]]:
+        async with Client(later.api.base) as client:
+            events = []
+            stream = client.watch(since=1)
+            events.append(await anext(stream))
+            await client.put_service("shop", "new", {})
+            events.append(await anext(stream))
+            await stream.aclose()
+            return events
+
+    relist, change = asyncio.run(asyncio.wait_for(follow(), 20))
+    assert relist["action"] == "relist"
+    assert [s["name"] for s in relist["services"]] == ["old"]
+    assert (change["action"], change["service"]) == ("put", "new")
+
+
+def test_keep_renewed_holds_a_lease_past_its_ttl(sdns: SdnsProcess, ns: str) -> None:
+    async def hold() -> str:
+        async with Client(sdns.api.base) as client:
+            lease = await client.create_lease(2)
+            await client.register(ns, "held", "h1", {"ip": "10.9.9.3", "lease": lease["id"]})
+            async with client.keep_renewed(lease["id"], 2):
+                await asyncio.sleep(4)
+                assert [e["id"] for e in await client.endpoints(ns, "held")] == ["h1"]
+            return str(lease["id"])
+
+    lease = asyncio.run(hold())
+    wait_until(lambda: sdns.api.get(f"/v1/leases/{lease}").status == 404, timeout=5)
+
+
+def test_the_sync_client(sdns: SdnsProcess, ns: str) -> None:
+    with Sync(sdns.api.base) as client:
+        client.register(ns, "sync", "s1", {"ip": "10.9.9.4"})
+        assert [s["name"] for s in client.services(ns)["services"]] == ["sync"]
+        with pytest.raises(ApiError) as refused:
+            client.register(ns, "sync", "s2", {"ip": "nope"})
+        assert refused.value.status == 400 and refused.value.body["field"] == "ip"
