@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 
 from sdns import commands as client_commands
 from sdns import config as configuration
-from sdns import metrics
+from sdns import logs, metrics
 from sdns.daemon import StartupError, serve
 from sdns.errors import Invalid, SdnsError
 
@@ -107,11 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (configuration.ConfigError, ValueError, Invalid) as error:
             print(f"sdns: {getattr(error, 'reason', error)}", file=sys.stderr)
             return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {name: getattr(args, name) for name in configuration.SETTINGS}
     try:
         config = configuration.load(args.config, os.environ, flags)
+        logs.configure(args.log_level, config.log_format)
         reports = None if args.metrics_reports is None else \
             metrics.WorkerReports(Path(args.metrics_reports))
         _run(serve(config, None if args.dns_only else _worker_argv(argv), reports))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdns.errors import Invalid
+from sdns.logs import LOG_FORMATS
 from sdns.validation import domain_name
 
 
@@ -143,6 +144,12 @@ def _period(value: Any) -> int:
     return number
 
 
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{value!r} is not {' or '.join(LOG_FORMATS)}")
+    return str(value)
+
+
 def _path(value: Any) -> str:
     text = str(value)
     if not text:
@@ -185,6 +192,8 @@ class Config:
     cache_mb: int = 512
     tokens: str | None = None
     metrics_open: bool = False
+    log_format: str = "text"
+    log_queries: bool = False
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -249,6 +258,10 @@ SETTINGS: dict[str, Setting] = {
                       env="SDNS_TOKENS_FILE"),
     "metrics_open": Setting(boolean, "serve /metrics without a token even when tokens are on",
                             default="false"),
+    "log_format": Setting(_log_format, "text lines, or one JSON object a line",
+                          choices=LOG_FORMATS),
+    "log_queries": Setting(boolean, "log every DNS query (at most 200 lines a second), for "
+                           "debugging", default="false"),
 }
 
 

@@ -20,6 +20,7 @@ from sdns.balancer.balancer import Balancer
 from sdns.cluster_ip import ClusterIPRanges
 from sdns.config import Config, HostPort, upstreams
 from sdns.dns.forward import Forwarder, ForwardSettings
+from sdns.dns.querylog import QueryLog
 from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
@@ -122,7 +123,8 @@ async def running(config: Config, *, api: bool = True,
         await watcher.start()
         stack.push_async_callback(watcher.close)
 
-        dns = DnsServer(responder, shared_port=config.workers > 1)
+        dns = DnsServer(responder, shared_port=config.workers > 1,
+                        querylog=QueryLog() if config.log_queries else None)
         try:
             await dns.start(config.dns_addr)
         except OSError as error:

@@ -29,8 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sdns.dns import tally
-from sdns.dns.wire import Rcode
+from sdns.dns import tally, wire
 
 if TYPE_CHECKING:
     from sdns.balancer.balancer import Balancer
@@ -48,13 +47,6 @@ WRITES = Counter("sdns_registry_writes", "Writes that changed the store, by kind
 PROGRAMMING = Histogram(
     "sdns_dns_programming_duration_seconds", "From a write sent to the store to this replica "
     "answering it over DNS", buckets=[0.001 * 2**k for k in range(16)], registry=REGISTRY)
-
-
-def rcode_name(rcode: int) -> str:
-    try:
-        return Rcode(rcode).name
-    except ValueError:
-        return str(rcode)
 
 
 def dns_counts(responder: Responder) -> dict[str, Any]:
@@ -113,7 +105,7 @@ def dns_families(counts: Mapping[str, Any], family: str) -> Iterator[Metric]:
         for key, count in cells.items():
             reply = tally.unpack(int(key))
             by_type[protocol, reply.type] = by_type.get((protocol, reply.type), 0) + count
-            rcode = rcode_name(reply.rcode)
+            rcode = wire.rcode_name(reply.rcode)
             by_rcode[rcode] = by_rcode.get(rcode, 0) + count
             if reply.outcome != tally.UNCACHED:
                 asked += count
@@ -163,7 +155,7 @@ def dns_families(counts: Mapping[str, Any], family: str) -> Iterator[Metric]:
                                    labels=["to", "rcode"])
     for key, count in sorted(forward["responses"].items()):
         to, _, rcode = key.rpartition("|")
-        answered.add_metric([to, rcode_name(int(rcode))], count)
+        answered.add_metric([to, wire.rcode_name(int(rcode))], count)
     yield from (sent, answered)
     yield CounterMetricFamily("sdns_forward_served_stale", "Forwarded answers served stale "
                               "while every upstream failed (RFC 8767)", value=forward["stale"])

@@ -11,6 +11,7 @@ import time
 
 from sdns.config import HostPort
 from sdns.dns import datagrams, wire
+from sdns.dns.querylog import QueryLog
 from sdns.dns.responder import Responder
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ class _UdpServer:
     owns the zone data."""
 
     def __init__(self, sock: socket.socket, responder: Responder,
-                 loop: asyncio.AbstractEventLoop, batched: bool) -> None:
+                 loop: asyncio.AbstractEventLoop, batched: bool,
+                 querylog: QueryLog | None) -> None:
         self.sock = sock
         self.responder = responder
+        self.querylog = querylog
         self.loop = loop
         self._stopping = False
         self._forwarding: set[asyncio.Task[None]] = set()
@@ -55,7 +58,13 @@ class _UdpServer:
                             answered -= 1
                             call_soon(self._answer, received[i], batch.sender(i), start)
                 batch.send(replies)
-                took(time.perf_counter() - start, answered)  # each as long as the batch
+                elapsed = time.perf_counter() - start
+                took(elapsed, answered)  # each as long as the batch
+                if self.querylog is not None:
+                    for i, reply in enumerate(replies):
+                        if reply is not None:
+                            self.querylog.record("udp", batch.sender(i), received[i], reply,
+                                                 elapsed)
             except Exception as error:
                 if self._ends_on(error):
                     return
@@ -73,7 +82,10 @@ class _UdpServer:
                     call_soon(self._answer, data, addr, start)
                 else:
                     send(reply, addr)
-                    took(time.perf_counter() - start)
+                    elapsed = time.perf_counter() - start
+                    took(elapsed)
+                    if self.querylog is not None:
+                        self.querylog.record("udp", addr, data, reply, elapsed)
             except Exception as error:
                 if self._ends_on(error):
                     return
@@ -105,16 +117,19 @@ class _UdpServer:
             self._forwarding.add(task)
             task.add_done_callback(self._forwarding.discard)
         elif reply is not None:
-            self._send(reply, addr, start)
+            self._send(data, reply, addr, start)
 
     async def _forward(self, data: bytes, query: wire.Query, addr: tuple[str, int],
                        start: float) -> None:
-        self._send(await self.responder.forward(data, query, True, addr[0]), addr, start)
+        self._send(data, await self.responder.forward(data, query, True, addr[0]), addr, start)
 
-    def _send(self, reply: bytes, addr: tuple[str, int], start: float) -> None:
+    def _send(self, data: bytes, reply: bytes, addr: tuple[str, int], start: float) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendto(reply, addr)
-        self.responder.tallies.udp_loop.took(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.responder.tallies.udp_loop.took(elapsed)
+        if self.querylog is not None:
+            self.querylog.record("udp", addr, data, reply, elapsed)
 
     def close(self) -> None:
         self._stopping = True
@@ -145,8 +160,10 @@ class DnsServer:
     """Listens on one address over both UDP and TCP."""
 
     def __init__(self, responder: Responder, idle_seconds: float = TCP_IDLE_SECONDS,
-                 shared_port: bool = False, batched: bool = datagrams.AVAILABLE) -> None:
+                 shared_port: bool = False, batched: bool = datagrams.AVAILABLE,
+                 querylog: QueryLog | None = None) -> None:
         self.responder = responder
+        self.querylog = querylog
         self.shared_port = shared_port  # other processes serve the same port (SO_REUSEPORT)
         self.batched = batched  # UDP through recvmmsg/sendmmsg
         self.idle_seconds = idle_seconds
@@ -163,7 +180,8 @@ class DnsServer:
         except OSError:
             sock.close()
             raise
-        self._udp = _UdpServer(sock, self.responder, asyncio.get_running_loop(), self.batched)
+        self._udp = _UdpServer(sock, self.responder, asyncio.get_running_loop(), self.batched,
+                               self.querylog)
 
     async def close(self) -> None:
         if self._udp is not None:
@@ -191,7 +209,11 @@ class DnsServer:
                 elif reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
-                self.responder.tallies.tcp.took(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self.responder.tallies.tcp.took(elapsed)
+                if self.querylog is not None:
+                    self.querylog.record("tcp", writer.get_extra_info("peername"), message,
+                                         reply, elapsed)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass

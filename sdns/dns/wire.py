@@ -37,6 +37,14 @@ class Rcode(IntEnum):
     BADVERS = 16  # extended (EDNS), RFC 6891
 
 
+def rcode_name(rcode: int) -> str:
+    """NOERROR, NXDOMAIN, ... as logs and metrics spell them; the number when it has no name."""
+    try:
+        return Rcode(rcode).name
+    except ValueError:
+        return str(rcode)
+
+
 HEADER = 12
 CLASS_IN = 1
 # Our EDNS UDP payload size (DNS flag day 2020).
