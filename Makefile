@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and benchmarks drive: real etcd, ZooKeeper, dig, dnsperf, dnsmasq, nft,
-# ip, wrk, curl.
-DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2 wrk curl
+# ip, wrk, curl, and chromium for the dashboard's browser tests (driven by Playwright, no download).
+DEBIAN_PACKAGES := etcd-server etcd-client zookeeper dnsutils dnsperf dnsmasq-base nftables iproute2 wrk curl chromium
 
 .PHONY: run test lint system-deps bench clean
 

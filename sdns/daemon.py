@@ -150,7 +150,9 @@ async def running(config: Config, *, api: bool = True,
             balancer if config.balancer == "userspace" else None, reports)
         metrics.REGISTRY.register(collector)
         stack.callback(metrics.REGISTRY.unregister, collector)
-        app = make_app(registry, balancer, tokens, config.metrics_open)
+        about = {"version": metrics.VERSION, "backend": config.backend, "zone": config.zone,
+                 "dnsAddr": str(config.dns_addr), "balancer": config.balancer}
+        app = make_app(registry, balancer, tokens, config.metrics_open, about)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -74,6 +74,18 @@ class Registry:
                 for e in endpoints]
 
     @property
+    def store_up(self) -> bool:
+        """Whether the watcher follows the store now (else DNS serves the last known data)."""
+        return self.watcher.healthy
+
+    def all_endpoints(self, namespace: str | None = None
+                      ) -> list[tuple[ServiceKey, Endpoint]]:
+        """Every endpoint of the view with its service, for a whole picture in one call; the
+        deadlines are those of the last write (``endpoints`` reads the leases' current ones)."""
+        return [(s.key, e) for s in self.services(namespace)
+                for e in self.watcher.view.endpoints(s.key)]
+
+    @property
     def revision(self) -> int:
         """The backend revision the reads reflect."""
         return self.watcher.view.revision

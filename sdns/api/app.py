@@ -35,8 +35,13 @@ TOKENS = web.AppKey("tokens", TokenFile)
 OPEN_PATHS = web.AppKey("open_paths", frozenset)
 TOKEN = "token"  # the request's Token, when the API has tokens
 READ_METHODS = frozenset({"GET", "HEAD"})
-ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
+ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/ui"})
+UI_PREFIX = "/ui/"  # the dashboard's files: the page asks for a token itself
 OPENAPI = importlib.resources.files("sdns.api").joinpath("openapi.json")
+UI = importlib.resources.files("sdns.api").joinpath("ui")
+UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+            ".svg": "image/svg+xml"}
+ABOUT = web.AppKey("about", dict)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,7 +74,8 @@ async def authorize(request: web.Request, handler: Handler) -> web.StreamRespons
     """With tokens on, every call but the open paths needs one whose scope and namespaces cover
     it; the handler sees it as ``request[TOKEN]`` to leave out other namespaces."""
     token_file = request.app.get(TOKENS)
-    if token_file is None or request.path in request.app[OPEN_PATHS]:
+    if token_file is None or request.path in request.app[OPEN_PATHS] or \
+            request.path.startswith(UI_PREFIX):
         return await handler(request)
     token = token_file.tokens.find(_presented(request))
     if token is None:
@@ -175,6 +181,47 @@ async def list_services(request: web.Request) -> web.Response:
                                            if _covers(request, s.key.namespace)]})
 
 
+async def list_all_endpoints(request: web.Request) -> web.Response:
+    namespace = request.query.get("namespace")
+    if namespace is not None:
+        label(namespace, "namespace")
+    registry = _registry(request)
+    return web.json_response({"revision": registry.revision, "endpoints": [
+        {"namespace": key.namespace, "service": key.name, **endpoint.to_json()}
+        for key, endpoint in registry.all_endpoints(namespace) if _covers(request, key.namespace)]})
+
+
+async def status(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    return web.json_response({**request.app[ABOUT], "revision": registry.revision,
+                              "store": "up" if registry.store_up else "outage"})
+
+
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """The dashboard, told whether the API needs a token (it asks for one before any call)."""
+    page = UI.joinpath("index.html").read_text()
+    auth = "token" if request.app.get(TOKENS) is not None else "open"
+    return web.Response(text=page.replace("{{auth}}", auth), content_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
+
+
+async def ui_file(request: web.Request) -> web.Response:
+    return _ui_file(request.match_info["file"])
+
+
+def _ui_file(name: str) -> web.Response:
+    suffix = name[name.rfind("."):] if "." in name else ""
+    path = UI.joinpath(name)
+    if "/" in name or suffix not in UI_TYPES or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.Response(body=path.read_bytes(), content_type=UI_TYPES[suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+
 async def get_service(request: web.Request) -> web.Response:
     return web.json_response(_registry(request).service(_key(request)).to_json())
 
@@ -270,18 +317,26 @@ METRICS = "/metrics"
 
 
 def make_app(registry: Registry, balancer: Balancer, tokens: TokenFile | None = None,
-             metrics_open: bool = False) -> web.Application:
+             metrics_open: bool = False, about: dict[str, str] | None = None
+             ) -> web.Application:
+    """The API; ``about`` is what ``/v1/status`` tells of this sdns besides its state."""
     app = web.Application(middlewares=[json_errors, authorize], client_max_size=MAX_SET_BODY)
     app[REGISTRY] = registry
     app[BALANCER] = balancer
     if tokens is not None:
         app[TOKENS] = tokens
     app[OPEN_PATHS] = ALWAYS_OPEN | {METRICS} if metrics_open else ALWAYS_OPEN
+    app[ABOUT] = about or {}
     app.add_routes([
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get(METRICS, metrics_text),
         web.get("/openapi.json", openapi),
+        web.get("/", root),
+        web.get("/ui", ui_page),
+        web.get(UI_PREFIX + "{file}", ui_file),
+        web.get("/v1/status", status),
+        web.get("/v1/endpoints", list_all_endpoints),
         web.get("/v1/watch", watch),
         web.get("/v1/balancer", balancer_table),
         web.get("/v1/services", list_services),
