@@ -92,6 +92,8 @@ class EtcdBackend:
         self._services = root + b"/services/"
         self._endpoints = root + b"/endpoints/"
         self._cluster_ips = root + b"/clusterips/"
+        self._replicas = root + b"/replicas/"
+        self._presence: str | None = None  # the lease this replica's key lives by
         self._tx = self.client.transactions
         self._waiting: list[_Write] = []
         self._committing: asyncio.Task[None] | None = None
@@ -112,6 +114,11 @@ class EtcdBackend:
         for task in (self._committing, self._reading):
             if task is not None:
                 await cancel(task)
+        if self._presence is not None:  # leave at once rather than when the lease runs out
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.leasestub.LeaseRevoke(
+                    aetcd.rpc.LeaseRevokeRequest(ID=int(self._presence, 16)),
+                    metadata=self.client.metadata), 1)
         await self.client.close()
 
     @_unavailable
@@ -443,6 +450,24 @@ class EtcdBackend:
             for answered in waiting:
                 settle(answered, None, BackendUnavailable("etcd: the keepalive stream ended"))
         self._renewing.clear()
+
+    # Replicas: a key each, under a lease of its own that announcing again renews.
+
+    @_unavailable
+    async def announce(self, replica: str, ttl: int) -> None:
+        if self._presence is not None:
+            with contextlib.suppress(NotFound):
+                await self.renew_lease(self._presence)
+                return
+        lease = await self.create_lease(ttl)
+        await self.client.put(self._replicas + replica.encode(), b"",
+                              lease=int(lease.id, 16))
+        self._presence = lease.id
+
+    @_unavailable
+    async def replicas(self) -> list[str]:
+        found = await self.client.get_prefix(self._replicas, keys_only=True)
+        return sorted(kv.key[len(self._replicas):].decode() for kv in found)
 
     @_unavailable
     async def get_lease(self, lease_id: str) -> Lease | None:

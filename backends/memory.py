@@ -38,6 +38,7 @@ class MemoryBackend:
         self._endpoints: dict[ServiceKey, dict[str, Endpoint]] = {}
         self._cluster_ips: dict[str, ServiceKey] = {}
         self._leases: dict[str, _Lease] = {}
+        self._replicas: dict[str, float] = {}  # replica -> until when it is announced
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self._watchers: set[asyncio.Queue[Event]] = set()
 
@@ -50,6 +51,13 @@ class MemoryBackend:
 
     async def ready(self) -> None:
         pass
+
+    async def announce(self, replica: str, ttl: int) -> None:
+        self._replicas[replica] = time.time() + ttl
+
+    async def replicas(self) -> list[str]:
+        now = time.time()
+        return sorted(r for r, until in self._replicas.items() if until > now)
 
     async def close(self) -> None:
         for lease in self._leases.values():

@@ -543,6 +543,19 @@ class ZooKeeperBackend:
 
         return await self._write(plan)
 
+    # Replicas: an ephemeral znode each, gone with the replica's session; announcing again
+    # makes it anew after a session expired.
+
+    async def announce(self, replica: str, ttl: int) -> None:
+        path = f"{self._root}/replicas/{replica}"
+        if await self._call("exists", path) is None:
+            await self._ensure(f"{self._root}/replicas")
+            with contextlib.suppress(NodeExistsError):
+                await self._call("create", path, b"", ephemeral=True)
+
+    async def replicas(self) -> list[str]:
+        return sorted(await self._children(f"{self._root}/replicas"))
+
     # Leases: a znode whose data holds ttl and expiresAt, and one child per endpoint it holds.
     # A renewal is one set of that data, outside the log, so no follower sees it.
 

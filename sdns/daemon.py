@@ -25,6 +25,7 @@ from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
 from sdns.registry import Registry
+from sdns.replicas import Presence, replica_name
 from sdns.tasks import cancel
 from sdns.watch import Watcher
 
@@ -150,8 +151,12 @@ async def running(config: Config, *, api: bool = True,
             balancer if config.balancer == "userspace" else None, reports)
         metrics.REGISTRY.register(collector)
         stack.callback(metrics.REGISTRY.unregister, collector)
+        presence = Presence(backend, replica_name(config.api_addr))
+        await presence.start()
+        stack.push_async_callback(presence.close)
         about = {"version": metrics.VERSION, "backend": config.backend, "zone": config.zone,
-                 "dnsAddr": str(config.dns_addr), "balancer": config.balancer}
+                 "dnsAddr": str(config.dns_addr), "balancer": config.balancer,
+                 "replica": presence.name}
         app = make_app(registry, balancer, tokens, config.metrics_open, about)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -73,6 +73,10 @@ class Registry:
         return [e if e.lease not in deadlines else replace(e, expires_at=deadlines[e.lease])
                 for e in endpoints]
 
+    async def replicas(self) -> list[str]:
+        """The replicas serving from the store (``BackendUnavailable`` in an outage)."""
+        return await self.backend.replicas()
+
     @property
     def store_up(self) -> bool:
         """Whether the watcher follows the store now (else DNS serves the last known data)."""

@@ -114,6 +114,17 @@ class Backend(Protocol):
         """Delete the lease and its endpoints; the revision of that change. ``NotFound``."""
         ...
 
+    # Replicas: who serves from this store, for the status page and for sharing work
+
+    async def announce(self, replica: str, ttl: int) -> None:
+        """Say that ``replica`` serves, for ``ttl`` seconds from now; called again before
+        that runs out. Not a watch object: nothing anyone watches changes."""
+        ...
+
+    async def replicas(self) -> list[str]:
+        """The replicas announced and not run out, sorted."""
+        ...
+
 
 def names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))

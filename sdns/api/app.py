@@ -192,9 +192,16 @@ async def list_all_endpoints(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    """What this sdns is, how its store is doing, and the replicas the store knows (null while
+    it does not answer)."""
     registry = _registry(request)
+    try:
+        replicas: list[str] | None = await asyncio.wait_for(registry.replicas(), READY_TIMEOUT)
+    except (TimeoutError, BackendUnavailable):
+        replicas = None
     return web.json_response({**request.app[ABOUT], "revision": registry.revision,
-                              "store": "up" if registry.store_up else "outage"})
+                              "store": "up" if registry.store_up else "outage",
+                              "replicas": replicas})
 
 
 async def root(request: web.Request) -> web.Response:

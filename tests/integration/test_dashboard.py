@@ -78,6 +78,8 @@ def test_the_page_lists_and_follows_the_registry(make_sdns: MakeSdns, open_page)
     assert sorted(tab.rows()) == ["cart", "checkout", "grafana", "search"]
     page.wait_for_function("document.getElementById('live').textContent === 'live'")
     assert page.inner_text("#count-services") == "4"
+    assert page.inner_text("#replicas") == "1"
+    assert page.inner_text("#store") == "store up"
 
     _register(process.api, "shop", "payments", "10.244.1.9")  # appears within 1 s
     page.wait_for_selector("#rows .row[data-key='shop/payments']", timeout=1000)

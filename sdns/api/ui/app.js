@@ -127,6 +127,9 @@ async function pollStatus() {
     $("store").textContent = up ? "store up" : "store outage: serving the last known data";
     $("store").className = `badge ${up ? "ok" : "bad"}`;
     $("backend").textContent = state.status.backend;
+    const replicas = state.status.replicas;
+    $("replicas").textContent = replicas ? replicas.length : "?";
+    $("replicas").title = replicas ? replicas.join("\n") : "the store does not answer";
   } catch (error) {
     $("store").textContent = "sdns unreachable";
     $("store").className = "badge bad";
