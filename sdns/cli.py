@@ -11,9 +11,9 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdns import agent, logs, metrics
 from sdns import commands as client_commands
 from sdns import config as configuration
-from sdns import logs, metrics
 from sdns.daemon import StartupError, serve
 from sdns.errors import Invalid, SdnsError
 
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-level", default="info",
                            choices=["debug", "info", "warning", "error"])
     client_commands.add_to(commands)
+    agent.add_to(commands)
     resolv = commands.add_parser(
         "resolv-conf", help="print the resolv.conf of a container in a namespace",
         description="Print the resolv.conf that makes a container in NAMESPACE use sdns: "
@@ -100,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "run"):
         return client_commands.run(args)
+    if args.command == "agent":
+        logs.configure("info", "text")
+        return agent.main(args)
     if args.command == "resolv-conf":
         try:
             return _print_resolv_conf(args)

@@ -1,9 +1,10 @@
-"""Real TCP and UDP servers standing in for a service's endpoints: each answers with its name
-and counts the connections (or flows) that sent it something."""
+"""Real TCP, UDP and HTTP servers standing in for a service's endpoints: each answers (with its
+name, or a status) and counts the connections, flows or requests that reached it."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
 import threading
 
@@ -106,3 +107,32 @@ for _ in range(100):
     except OSError:
         time.sleep(0.1)
 """
+
+
+class HttpEndpoint:
+    """An HTTP server on loopback answering every GET with ``status`` (settable), counting
+    the requests: what a health check probes."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        endpoint = self
+        self.status = 200
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                endpoint.hits += 1
+                self.send_response(endpoint.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
