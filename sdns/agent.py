@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from sdns import probe
 from sdns.client import DEFAULT_SERVER, ApiError, Client, Unreachable
 from sdns.tasks import cancel
 
@@ -232,36 +233,16 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
 
 # Probes
 
-async def probe(registration: Registration, check: Check) -> tuple[bool, str]:
+async def run_check(session: aiohttp.ClientSession, registration: Registration,
+                    check: Check) -> tuple[bool, str]:
     """Whether the check passes now, and what it saw."""
-    try:
-        if check.type == "exec":
-            process = await asyncio.create_subprocess_exec(
-                *check.command, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL)
-            try:
-                code = await asyncio.wait_for(process.wait(), check.timeout)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-                return False, f"timed out after {check.timeout:g} s"
-            return code == 0, f"exit status {code}"
-        ports = dict(registration.ports)
-        port = ports[check.port] if check.port else registration.ports[0][1]
-        if check.type == "tcp":
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(registration.ip, port), check.timeout)
-            writer.close()
-            return True, "connected"
-        host = f"[{registration.ip}]" if ":" in registration.ip else registration.ip
-        timeout = aiohttp.ClientTimeout(total=check.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
-                session.get(f"http://{host}:{port}{check.path}", allow_redirects=False) as reply:
-            return 200 <= reply.status < 400, f"HTTP {reply.status}"
-    except TimeoutError:
-        return False, f"timed out after {check.timeout:g} s"
-    except (OSError, aiohttp.ClientError) as error:
-        return False, str(error) or type(error).__name__
+    if check.type == "exec":
+        return await probe.command(check.command, check.timeout)
+    ports = dict(registration.ports)
+    port = ports[check.port] if check.port else registration.ports[0][1]
+    if check.type == "tcp":
+        return await probe.tcp(registration.ip, port, check.timeout)
+    return await probe.http(session, registration.ip, port, check.path, check.timeout)
 
 
 @dataclass
@@ -374,14 +355,19 @@ class Agent:
     async def _watch_health(self, client: Client, registration: Registration,
                             check: Check) -> None:
         health = self.health.setdefault(registration.key, _Health())
-        while True:
-            passed, output = await probe(registration, check)
-            if health.saw(passed, check):
-                log.info("%s/%s %s is %s: %s", registration.namespace, registration.name,
-                         registration.id, "ready" if health.ready else "not ready", output)
-                with contextlib.suppress(ApiError, Unreachable):  # the renewal loop retries
-                    await self._put(client, registration)
-            await asyncio.sleep(check.interval)
+        async with probe.session() as session:
+            while True:
+                await self._check_once(client, session, registration, check, health)
+                await asyncio.sleep(check.interval)
+
+    async def _check_once(self, client: Client, session: aiohttp.ClientSession,
+                          registration: Registration, check: Check, health: _Health) -> None:
+        passed, output = await run_check(session, registration, check)
+        if health.saw(passed, check):
+            log.info("%s/%s %s is %s: %s", registration.namespace, registration.name,
+                     registration.id, "ready" if health.ready else "not ready", output)
+            with contextlib.suppress(ApiError, Unreachable):  # the renewal loop retries
+                await self._put(client, registration)
 
     async def _apply(self, client: Client, config: AgentConfig) -> None:
         """The difference between the registrations in force and ``config``'s."""

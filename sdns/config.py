@@ -194,6 +194,7 @@ class Config:
     metrics_open: bool = False
     log_format: str = "text"
     log_queries: bool = False
+    check_deregister_after: int = 0
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -262,6 +263,9 @@ SETTINGS: dict[str, Setting] = {
                           choices=LOG_FORMATS),
     "log_queries": Setting(boolean, "log every DNS query (at most 200 lines a second), for "
                            "debugging", default="false"),
+    "check_deregister_after": Setting(_seconds, "delete an endpoint whose active check has "
+                                      "been critical this many seconds (its deregisterAfter "
+                                      "wins); 0 is never", "SECONDS"),
 }
 
 

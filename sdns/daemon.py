@@ -17,6 +17,7 @@ from sdns import metrics, store
 from sdns.api.app import make_app
 from sdns.api.tokens import TokenFile, TokensError
 from sdns.balancer.balancer import Balancer
+from sdns.checks import Checker
 from sdns.cluster_ip import ClusterIPRanges
 from sdns.config import Config, HostPort, upstreams
 from sdns.dns.forward import Forwarder, ForwardSettings
@@ -132,7 +133,8 @@ async def running(config: Config, *, api: bool = True,
             raise _listen_error("DNS", config.dns_addr, error) from None
         stack.push_async_callback(dns.close)
 
-        registry = Registry(backend, watcher, cluster_ips)
+        registry = Registry(backend, watcher, cluster_ips,
+                            deregister_after=config.check_deregister_after or None)
         if not api:
             if reports is not None:
                 reporting = asyncio.create_task(_report(reports, responder))
@@ -154,6 +156,9 @@ async def running(config: Config, *, api: bool = True,
         presence = Presence(backend, replica_name(config.api_addr))
         await presence.start()
         stack.push_async_callback(presence.close)
+        checker = Checker(registry, presence.name)
+        await checker.start()
+        stack.push_async_callback(checker.close)
         about = {"version": metrics.VERSION, "backend": config.backend, "zone": config.zone,
                  "dnsAddr": str(config.dns_addr), "balancer": config.balancer,
                  "replica": presence.name}

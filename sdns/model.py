@@ -200,6 +200,76 @@ def _service_ports(items: list[dict[str, Any]]) -> tuple[ServicePort, ...]:
     return ports
 
 
+class HealthStatus(StrEnum):
+    PASSING = "passing"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"  # not checked yet: not served
+
+
+class CheckType(StrEnum):
+    HTTP = "http"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """An active check of an endpoint, shaped like a Kubernetes readiness probe and always
+    aimed at the endpoint's own IP. ``port`` names one of its ports, or is a number; None is
+    its first port."""
+
+    type: CheckType
+    port: str | int | None = None
+    path: str = "/healthz"
+    interval: int = 10  # seconds
+    timeout: float = 2.0  # seconds, below interval
+    rise: int = 1
+    fall: int = 3
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"type": self.type.value, "port": self.port}
+        if self.type is CheckType.HTTP:
+            found["path"] = self.path
+        return found | {"interval": self.interval, "timeout": self.timeout, "rise": self.rise,
+                        "fall": self.fall}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HealthCheck:
+        return cls(CheckType(data["type"]), data.get("port"), data.get("path", "/healthz"),
+                   data["interval"], data["timeout"], data["rise"], data["fall"])
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """An endpoint's check and where it stands; what changes is written only on a change of
+    ``status``, so a steady state writes nothing."""
+
+    check: HealthCheck
+    status: HealthStatus = HealthStatus.UNKNOWN
+    last_check: tuple[float, str] | None = None  # (Unix time, output) of the status change
+    since: float | None = None  # Unix time the status began, for deregister_after
+    deregister_after: int | None = None  # seconds critical before the endpoint is deleted
+
+    def to_json(self, stored: bool) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "check": self.check.to_json(),
+            "health": self.status.value,
+            "lastCheck": None if self.last_check is None else {
+                "time": _timestamp(self.last_check[0]), "output": self.last_check[1]},
+            "deregisterAfter": self.deregister_after,
+        }
+        if stored:
+            found["healthSince"] = self.since
+        return found
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Health:
+        last = data.get("lastCheck")
+        return cls(HealthCheck.from_json(data["check"]), HealthStatus(data["health"]),
+                   None if last is None else
+                   (datetime.fromisoformat(last["time"]).timestamp(), last["output"]),
+                   data.get("healthSince"), data.get("deregisterAfter"))
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     id: str
@@ -212,13 +282,21 @@ class Endpoint:
     # The lease that holds it: one registered with "lease", or, with a ttl, a lease of its own
     # that a heartbeat renews (kept in the stored form, not shown in the API)
     lease: str | None = None
+    health: Health | None = None  # with an active check only
+
+    @property
+    def serving(self) -> bool:
+        """Whether DNS and the balancer send clients to it: ready, and passing its check if
+        it has one."""
+        return self.ready and (self.health is None or
+                               self.health.status is HealthStatus.PASSING)
 
     def port(self, service_port: ServicePort) -> int:
         """The number this endpoint serves ``service_port`` on."""
         return dict(self.ports).get(service_port.name, service_port.target)
 
     def to_json(self, stored: bool = False) -> dict[str, Any]:
-        return {
+        found = {
             "id": self.id,
             "ip": self.ip,
             "hostname": self.hostname,
@@ -228,6 +306,9 @@ class Endpoint:
             "lease": self.lease if stored or not self.ttl else None,
             "expiresAt": _timestamp(self.expires_at),
         }
+        if self.health is not None:
+            found |= self.health.to_json(stored)
+        return found
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Endpoint:
@@ -243,6 +324,7 @@ class Endpoint:
             ttl=data.get("ttl", 0),
             expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,
             lease=data.get("lease"),
+            health=Health.from_json(data) if "check" in data else None,
         )
 
 

@@ -19,6 +19,7 @@ from sdns.errors import BackendUnavailable, Conflict, Invalid, NotFound, NotYetV
 from sdns.model import (
     Endpoint,
     Event,
+    Health,
     IPFamily,
     IPFamilyPolicy,
     Lease,
@@ -43,7 +44,10 @@ VISIBLE_WITHIN = 5.0
 
 class Registry:
     def __init__(self, backend: Backend, watcher: Watcher, cluster_ips: ClusterIPRanges,
-                 visible_within: float = VISIBLE_WITHIN) -> None:
+                 visible_within: float = VISIBLE_WITHIN,
+                 deregister_after: int | None = None) -> None:
+        # seconds a checked endpoint may stay critical before it is deleted, unless it says
+        self.deregister_after = deregister_after
         self.backend = backend
         self.watcher = watcher
         self.cluster_ips = cluster_ips
@@ -117,6 +121,7 @@ class Registry:
         """Register or replace an endpoint, creating its service when there is none. With a
         ttl the endpoint gets a lease of its own, which a heartbeat renews."""
         request = validation.endpoint(endpoint_id, body)
+        self._check_ports_first(key, [request], in_set=False)
         service, _ = await self._service_for(key, request.ports)
         endpoint = (await self._endpoints_of(service, [request]))[0]
         old = self.watcher.view.endpoint(key, request.id)
@@ -136,6 +141,7 @@ class Registry:
         after a rollout), creating the service when there is none: (revision, endpoints,
         whether the service is new)."""
         requests = validation.endpoint_set(body)
+        self._check_ports_first(key, requests, in_set=True)
         named = {name: port for r in requests for name, port in r.ports.items()}
         service, created = await self._service_for(key, named)
         endpoints = await self._endpoints_of(service, requests, in_set=True)
@@ -186,10 +192,12 @@ class Registry:
                 raise missing
         endpoints = []
         try:
-            for request in requests:
+            for i, request in enumerate(requests):
+                ports = {p.name: p.target for p in service.ports} | request.ports
+                health = self._health(service.key, request, ports,
+                                      f"endpoints[{i}]." if in_set else "")
                 lease = (await self.backend.create_lease(request.ttl) if request.ttl
                          else None if request.lease is None else leases[request.lease])
-                ports = {p.name: p.target for p in service.ports} | request.ports
                 endpoints.append(Endpoint(
                     id=request.id,
                     ip=request.ip,
@@ -199,11 +207,36 @@ class Registry:
                     ttl=request.ttl,
                     expires_at=None if lease is None else lease.expires_at,
                     lease=None if lease is None else lease.id,
+                    health=health,
                 ))
         except BaseException:
             await self._drop_own_leases(endpoints)
             raise
         return endpoints
+
+    def _check_ports_first(self, key: ServiceKey, requests: list[EndpointRequest],
+                           in_set: bool) -> None:
+        """Refuse a check at a port the endpoint will not have before anything is written
+        (the service is created with the endpoint's own ports when there is none)."""
+        service = self.watcher.view.service(key)
+        for i, request in enumerate(requests):
+            ports = {p.name: p.target for p in service.ports} if service else {}
+            _check_port(request, ports | request.ports, f"endpoints[{i}]." if in_set else "")
+
+    def _health(self, key: ServiceKey, request: EndpointRequest, ports: dict[str, int],
+                field: str) -> Health | None:
+        """The health an endpoint is stored with: what it had, when it is registered again
+        with the same address and check; else not checked yet."""
+        check = request.check
+        if check is None:
+            return None
+        _check_port(request, ports, field)
+        deregister_after = request.deregister_after or self.deregister_after
+        old = self.watcher.view.endpoint(key, request.id)
+        if old is not None and old.health is not None and old.health.check == check and \
+                old.ip == request.ip:
+            return replace(old.health, deregister_after=deregister_after)
+        return Health(check, since=time.time(), deregister_after=deregister_after)
 
     async def heartbeat(self, key: ServiceKey, endpoint_id: str) -> Endpoint:
         """Renew the lease that holds the endpoint: nothing anyone watches changes."""
@@ -218,6 +251,10 @@ class Registry:
             raise NotFound(f"endpoint {endpoint_id} of service {key} has expired") from None
         metrics.WRITES.labels("endpoint", "heartbeat").inc()
         return replace(endpoint, expires_at=lease.expires_at)
+
+    async def record_health(self, key: ServiceKey, endpoint: Endpoint) -> None:
+        """Store a change of the endpoint's health status (the checker's only write)."""
+        await self._settle(await self.backend.put_endpoint(key, endpoint), "endpoint", "health")
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self.watcher.view.endpoint(key, endpoint_id)
@@ -354,3 +391,14 @@ class Registry:
         if not await self.watcher.caught_up(revision, self.visible_within):
             raise NotYetVisible(revision, self.visible_within)
         metrics.PROGRAMMING.observe(time.monotonic() - stored)
+
+
+def _check_port(request: EndpointRequest, ports: dict[str, int], field: str) -> None:
+    check = request.check
+    if check is None:
+        return
+    if (check.port is None and not ports) or (isinstance(check.port, str) and
+                                              check.port not in ports):
+        raise Invalid("the check's port must be one of the endpoint's ports" if check.port
+                      else "a check needs a port, and the endpoint has none",
+                      f"{field}check.port")

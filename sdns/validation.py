@@ -10,6 +10,8 @@ from typing import Any
 from sdns.errors import Invalid
 from sdns.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    CheckType,
+    HealthCheck,
     IPFamily,
     IPFamilyPolicy,
     Protocol,
@@ -240,6 +242,8 @@ class EndpointRequest:
     ready: bool
     ttl: int
     lease: str | None
+    check: HealthCheck | None = None
+    deregister_after: int | None = None
 
 
 _LEASE_ID = re.compile(r"[0-9a-f]{1,32}")
@@ -262,10 +266,48 @@ def lease_ttl(body: Any) -> int:
     return ttl
 
 
+def _whole(value: Any, field: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Invalid(f"{field} must be a whole number from {low} to {high}", field)
+    return value
+
+
+def check(body: Any) -> HealthCheck:
+    """An active check: ``{"type": "http" | "tcp", "port": name or number, "path": "/healthz",
+    "interval": 10, "timeout": 2, "rise": 1, "fall": 3}``; the timeout defaults to 2 s, or
+    half the interval when that is shorter."""
+    data = _object(body, {"type", "port", "path", "interval", "timeout", "rise", "fall"},
+                   "check")
+    try:
+        kind = CheckType(data.get("type"))
+    except ValueError:
+        raise Invalid("check.type must be http or tcp", "check.type") from None
+    port = data.get("port")
+    if isinstance(port, str):
+        label(port, "check.port", max_length=15)
+    elif port is not None:
+        port_number(port, "check.port")
+    path = data.get("path", "/healthz")
+    if kind is CheckType.TCP and "path" in data:
+        raise Invalid("a tcp check has no path", "check.path")
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 1024 or \
+            any(ord(c) < 0x21 or ord(c) > 0x7E for c in path):
+        raise Invalid("check.path must be a URL path starting with /", "check.path")
+    interval = _whole(data.get("interval", 10), "check.interval", 1, 3600)
+    timeout = data.get("timeout", min(2.0, interval / 2))
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or \
+            not 0 < timeout < interval:
+        raise Invalid("check.timeout must be a number of seconds above 0 and below the "
+                      "interval", "check.timeout")
+    return HealthCheck(kind, port, path, interval, float(timeout),
+                       _whole(data.get("rise", 1), "check.rise", 1, 10),
+                       _whole(data.get("fall", 3), "check.fall", 1, 10))
+
+
 def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
     endpoint_id = label(endpoint_id, "id")
-    data = _object(body, {"id", "ip", "hostname", "ports", "ready", "ttl", "lease"},
-                   "endpoint")
+    data = _object(body, {"id", "ip", "hostname", "ports", "ready", "ttl", "lease", "check",
+                          "deregisterAfter"}, "endpoint")
     _matches_path(data, "id", endpoint_id)
     if "ip" not in data:
         raise Invalid("ip is required", "ip")
@@ -297,6 +339,9 @@ def endpoint(endpoint_id: str, body: Any) -> EndpointRequest:
         ready=ready,
         ttl=ttl,
         lease=lease,
+        check=None if data.get("check") is None else check(data["check"]),
+        deregister_after=None if data.get("deregisterAfter") is None else
+        _whole(data["deregisterAfter"], "deregisterAfter", 1, MAX_TTL),
     )
 
 

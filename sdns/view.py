@@ -59,14 +59,15 @@ class View:
         ready = total = 0
         for endpoints in self._endpoints.values():
             total += len(endpoints)
-            ready += sum(e.ready for e in endpoints.values())
+            ready += sum(e.serving for e in endpoints.values())
         return len(self._services), ready, total - ready
 
     def endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
         return self._endpoints.get(key, {}).get(endpoint_id)
 
     def ready_endpoints(self, key: ServiceKey) -> list[Endpoint]:
-        return [e for e in self.endpoints(key) if e.ready]
+        """The endpoints clients are sent to: ready, and passing their check if any."""
+        return [e for e in self.endpoints(key) if e.serving]
 
     def has_namespace(self, namespace: str) -> bool:
         return self._per_namespace[namespace] > 0

@@ -338,7 +338,7 @@ class Zone:
                 targets.append(DNSLabel(name))
             elif endpoint_id is not None and service.type is ServiceType.HEADLESS:
                 endpoint = self.view.endpoint(key, endpoint_id)
-                if endpoint is not None and endpoint.ready:
+                if endpoint is not None and endpoint.serving:
                     targets.append(DNSLabel([endpoint.hostname.encode(), *name]))
         if not targets:
             address = ipaddress.ip_address(ip)

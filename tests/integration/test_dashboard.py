@@ -90,6 +90,15 @@ def test_the_page_lists_and_follows_the_registry(make_sdns: MakeSdns, open_page)
     page.wait_for_selector("#rows .row[data-key='shop/payments']", state="detached",
                            timeout=1000)
 
+    # a checked endpoint shows its health, and a critical one counts as such
+    process.api.put("/v1/services/ops/grafana/endpoints/grafana-1", {
+        "ip": "127.0.0.1", "ports": {"http": 9}, "check": {"type": "tcp", "interval": 1,
+                                                            "fall": 1}})
+    page.wait_for_function("document.getElementById('count-critical').textContent === '1'",
+                           timeout=5000)
+    assert page.inner_text("#rows .row[data-key='ops/grafana'] .count") == "0/1"
+    page.click("#rows .row[data-key='ops/grafana']")
+    page.wait_for_selector("#detail-endpoints td.health-critical")
     page.click("#rows .row[data-key='shop/cart']")
     page.wait_for_selector("#detail-endpoints td.countdown")
     assert "dig @127.0.0.1 -p" in page.inner_text("#detail-names")

@@ -151,10 +151,13 @@ function portsText(service) {
   return service.ports.map((p) => `${p.name}:${p.port}/${p.protocol}`).join(", ");
 }
 
+// Served: ready, and passing its active check when it has one.
+const serving = (e) => e.ready && (!e.health || e.health === "passing");
+
 function counts(service) {
   const found = state.endpoints.get(`${service.namespace}/${service.name}`);
   let ready = 0, total = 0;
-  if (found) for (const e of found.values()) { total += 1; if (e.ready) ready += 1; }
+  if (found) for (const e of found.values()) { total += 1; if (serving(e)) ready += 1; }
   return { ready, total };
 }
 
@@ -224,12 +227,19 @@ function renderRows() {
 }
 
 function renderHeader() {
-  let ready = 0, total = 0;
-  for (const found of state.endpoints.values()) for (const e of found.values()) { total += 1; if (e.ready) ready += 1; }
+  let ready = 0, total = 0, critical = 0;
+  for (const found of state.endpoints.values()) {
+    for (const e of found.values()) {
+      total += 1;
+      if (serving(e)) ready += 1;
+      if (e.health === "critical") critical += 1;
+    }
+  }
   $("revision").textContent = state.revision;
   $("count-services").textContent = state.services.size;
   $("count-ready").textContent = ready;
   $("count-not-ready").textContent = total - ready;
+  $("count-critical").textContent = critical;
 }
 
 function renderNamespaces() {
@@ -313,7 +323,9 @@ function renderEndpoints() {
   holder.className = "";
   const table = document.createElement("table");
   table.className = "endpoints";
-  table.innerHTML = "<thead><tr><th>id</th><th>hostname</th><th>IP</th><th>ports</th><th>ready</th><th>lives by</th><th>expires in</th></tr></thead>";
+  const checked = endpoints.some((e) => e.health);
+  table.innerHTML = "<thead><tr><th>id</th><th>hostname</th><th>IP</th><th>ports</th><th>ready</th>" +
+    (checked ? "<th>health</th><th>last check</th>" : "") + "<th>lives by</th><th>expires in</th></tr></thead>";
   const body = document.createElement("tbody");
   for (const e of endpoints) {
     const row = document.createElement("tr");
@@ -321,12 +333,15 @@ function renderEndpoints() {
     const lives = e.lease ? `lease ${e.lease}` : e.ttl ? `ttl ${e.ttl}s` : "registration";
     const cells = [e.id, e.hostname, e.ip,
                    Object.entries(e.ports).map(([n, p]) => `${n}:${p}`).join(", ") || "–",
-                   e.ready ? "yes" : "no", lives, ""];
+                   e.ready ? "yes" : "no"];
+    if (checked) cells.push(e.health || "–", e.lastCheck ? e.lastCheck.output : "–");
+    cells.push(lives, "");
     cells.forEach((text, i) => {
       const cell = document.createElement("td");
       cell.textContent = text;
       if (i === 2 || i === 3) cell.className = "mono";
-      if (i === 6) { cell.className = "countdown"; cell.dataset.expires = e.expiresAt || ""; }
+      if (checked && i === 5) cell.className = `health-${text}`;
+      if (i === cells.length - 1) { cell.className = "countdown"; cell.dataset.expires = e.expiresAt || ""; }
       row.append(cell);
     });
     body.append(row);
