@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.qps import HOT, Server, _load, dnsperf, query_files
+from bench.qps import HOT, Server, dnsperf, query_files, start_sdns
 from bench.report import cpu_seconds, median, table, write_section
-from tests.helpers.support import SdnsProcess, free_port
+from tests.helpers.support import free_port
 
 CHECKED = 10_000
 PER_SERVICE = 100
@@ -38,15 +38,6 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
-
-
-def _sdns(stack: ExitStack) -> SdnsProcess:
-    process = SdnsProcess("--service-cidr", "10.96.0.0/12", "--log-level", "warning").start()
-    stack.callback(process.stop)
-    asyncio.run(_load(process.api.base, HOT))
-    subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
-                   capture_output=True)
-    return process
 
 
 async def _checked(base: str, port: int) -> None:
@@ -79,7 +70,7 @@ def main() -> None:
                                      str(port)])
         stack.callback(workload.kill)
         files = query_files(Path(tmp), HOT)
-        plain, checked = _sdns(stack), _sdns(stack)
+        plain, checked = start_sdns(HOT, stack), start_sdns(HOT, stack)
         asyncio.run(_checked(checked.api.base, port))
         deadline = time.monotonic() + 60
         while asyncio.run(_passing(checked.api.base)) < CHECKED:

@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ import aiohttp
 
 from sdns import probe
 from sdns.client import DEFAULT_SERVER, ApiError, Client, Unreachable
+from sdns.config import ConfigError, read_toml
 from sdns.tasks import cancel
 
 log = logging.getLogger("sdns.agent")
@@ -138,11 +138,9 @@ def _registration(data: dict[str, Any], where: str) -> Registration:
 
 def load(path: Path, env: dict[str, str]) -> AgentConfig:
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise AgentConfigError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise AgentConfigError(f"{path} is not valid TOML: {error}") from None
+        data = read_toml(path)
+    except ConfigError as error:
+        raise AgentConfigError(str(error)) from None
     unknown = sorted(set(data) - {"server", "token", "ttl", "drain", "service"})
     if unknown:
         raise AgentConfigError(f"{path}: unknown key {unknown[0]!r}")

@@ -323,13 +323,19 @@ def load(
     return Config(**values)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path``; ``ConfigError`` naming it (and the line) when it cannot be
+    read. For sdns's config, the tokens file and the agent's config alike."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    data = read_toml(path)
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")

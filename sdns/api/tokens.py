@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdns.config import ConfigError, read_toml
 from sdns.errors import Invalid
 from sdns.validation import label
 
@@ -92,13 +92,10 @@ def _token(table: Any) -> Token:
 def load(path: Path) -> Tokens:
     """The tokens of ``path``; a TokensError naming the file and line when it cannot be used."""
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise TokensError(f"cannot read tokens file {path}: {error.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise TokensError(f"{path}: not valid TOML: {error}") from None
+        data = read_toml(path)
+    except ConfigError as error:
+        raise TokensError(str(error)) from None
+    text = path.read_text()
     unknown = sorted(set(data) - {"token"})
     if unknown:
         raise TokensError(f"{path}: unknown key {unknown[0]!r}: tokens are [[token]] tables")

@@ -35,6 +35,12 @@ def run_agent() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         process.wait()
 
 
+def _cart(sdns: SdnsProcess, *flags: str) -> list[str]:
+    """The agent's flags for shop/cart cart-1 on ``sdns``."""
+    return ["--server", sdns.api.base, "--service", "shop/cart", "--id", "cart-1",
+            "--ip", "10.244.1.5", *flags]
+
+
 def _endpoints(process: SdnsProcess, service: str = "shop/cart") -> list[dict[str, object]]:
     reply = process.api.get(f"/v1/services/{service}/endpoints")
     return reply.body["endpoints"] if reply.status == 200 else []
@@ -43,8 +49,7 @@ def _endpoints(process: SdnsProcess, service: str = "shop/cart") -> list[dict[st
 def test_registers_under_a_lease_and_sigterm_removes_at_once(make_sdns: MakeSdns,
                                                              run_agent) -> None:
     sdns = make_sdns()
-    agent = run_agent("--server", sdns.api.base, "--service", "shop/cart", "--id", "cart-1",
-                      "--ip", "10.244.1.5", "--port", "http=8080", "--ttl", "6")
+    agent = run_agent(*_cart(sdns, "--port", "http=8080", "--ttl", "6"))
     wait_until(lambda: [e["id"] for e in _endpoints(sdns)] == ["cart-1"], timeout=5)
     endpoint = _endpoints(sdns)[0]
     assert endpoint["lease"] and endpoint["ready"] is True
@@ -59,8 +64,7 @@ def test_registers_under_a_lease_and_sigterm_removes_at_once(make_sdns: MakeSdns
 
 def test_sigkill_lets_the_lease_expire(make_sdns: MakeSdns, run_agent) -> None:
     sdns = make_sdns()
-    agent = run_agent("--server", sdns.api.base, "--service", "shop/cart", "--id", "cart-1",
-                      "--ip", "10.244.1.5", "--ttl", "3")
+    agent = run_agent(*_cart(sdns, "--ttl", "3"))
     wait_until(lambda: _endpoints(sdns) != [], timeout=5)
     agent.kill()
     killed = time.monotonic()
@@ -72,9 +76,8 @@ def test_a_failing_exec_check_flips_ready(make_sdns: MakeSdns, run_agent,
                                           tmp_path: Path) -> None:
     sdns = make_sdns()
     healthy = tmp_path / "healthy"
-    agent = run_agent("--server", sdns.api.base, "--service", "shop/cart", "--id", "cart-1",
-                      "--ip", "10.244.1.5", "--port", "http=8080", "--check-exec",
-                      f"test -f {healthy}", "--check-interval", "1", "--fall", "2")
+    agent = run_agent(*_cart(sdns, "--port", "http=8080", "--check-exec", f"test -f {healthy}",
+                             "--check-interval", "1", "--fall", "2"))
     # not served until the check passes
     wait_until(lambda: _endpoints(sdns) != [], timeout=5)
     assert _endpoints(sdns)[0]["ready"] is False
@@ -127,8 +130,7 @@ ip = "10.244.1.6"
 
 def test_a_restarted_sdns_gets_everything_again(make_sdns: MakeSdns, run_agent) -> None:
     sdns = make_sdns()
-    agent = run_agent("--server", sdns.api.base, "--service", "shop/cart", "--id", "cart-1",
-                      "--ip", "10.244.1.5", "--ttl", "3")
+    agent = run_agent(*_cart(sdns, "--ttl", "3"))
     wait_until(lambda: _endpoints(sdns) != [], timeout=5)
     sdns.stop()
     sdns.start()  # the memory backend starts empty, on the same ports

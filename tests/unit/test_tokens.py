@@ -46,5 +46,5 @@ def test_a_bad_file_names_itself_and_the_line(tmp_path: Path, text: str, message
 
 
 def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(TokensError, match="cannot read tokens file"):
+    with pytest.raises(TokensError, match=r"cannot read .*absent\.toml"):
         load(tmp_path / "absent.toml")
