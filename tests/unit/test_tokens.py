@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_the_example_file_loads_and_finds_tokens_by_secret() -> None:
 def test_a_bad_file_names_itself_and_the_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(text)
-    with pytest.raises(TokensError, match=rf"^{path}: .*{message}"):
+    with pytest.raises(TokensError, match=rf"^{re.escape(str(path))}:? .*{message}"):
         load(path)
 
 
