@@ -84,7 +84,7 @@ class EtcdBackend:
     def __init__(self, endpoints: list[str], prefix: str) -> None:
         host, port = channel_target(endpoints)
         self.endpoints = endpoints
-        self.expired = 0  # etcd expires leases itself, and does not say why a key went
+        self.expired = 0  # expiries this replica saw: etcd expires the leases itself
         self.client = aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT,
                                    options={"grpc.max_receive_message_length": MAX_MESSAGE})
         root = prefix.rstrip("/").encode()
@@ -93,6 +93,10 @@ class EtcdBackend:
         self._endpoints = root + b"/endpoints/"
         self._cluster_ips = root + b"/clusterips/"
         self._replicas = root + b"/replicas/"
+        # Written with every change sdns makes, first in its revision ("!" sorts before the
+        # other keys, as etcd orders a revoke's deletes): a revision of deletes without it is
+        # etcd expiring a lease, which self-preservation must tell from a delete by a call.
+        self._mark = root + b"/!mark"
         self._presence: str | None = None  # the lease this replica's key lives by
         self._tx = self.client.transactions
         self._waiting: list[_Write] = []
@@ -204,11 +208,18 @@ class EtcdBackend:
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
         watch = await _unavailable(self.client.watch_prefix)(self._root, start_revision=since)
+        marked = 0  # the last revision sdns wrote (see _mark)
         try:
             async for change in _unavailable_iter(watch):
-                event = self._event(change.kv.mod_revision, change.kind == "PUT",
-                                    change.kv.key, change.kv)
+                revision, put = change.kv.mod_revision, change.kind == "PUT"
+                if change.kv.key.startswith(self._mark):
+                    marked = revision
+                    continue
+                event = self._event(revision, put, change.kv.key, change.kv)
                 if event is not None:
+                    if not put and event.endpoint_id is not None and revision != marked:
+                        event = replace(event, expired=True)
+                        self.expired += 1
                     yield event
         finally:
             with contextlib.suppress(aetcd.exceptions.ClientError):  # the stream may be gone
@@ -279,8 +290,8 @@ class EtcdBackend:
 
     async def _commit(self, compare: list[Any], success: list[Any]) -> int | None:
         """The revision of the transaction, or None when a compare failed."""
-        succeeded, responses = await self.client.transaction(compare=compare, success=success,
-                                                               failure=[])
+        succeeded, responses = await self.client.transaction(
+            compare=compare, success=[self._tx.put(self._mark, b""), *success], failure=[])
         if not succeeded:
             return None
         first = responses[0]
@@ -385,10 +396,11 @@ class EtcdBackend:
 
     @_unavailable
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> int:
-        deleted = await self.client.delete(self._endpoint_key(key, endpoint_id))
-        if deleted is None:
+        path = self._endpoint_key(key, endpoint_id)
+        revision = await self._commit([self._tx.version(path) > 0], [self._tx.delete(path)])
+        if revision is None:
             raise NotFound(f"endpoint {endpoint_id} of service {key} not found")
-        return deleted.header.revision
+        return revision
 
     # Leases are etcd's own: etcd expires them, and deletes what they hold in one revision.
 
@@ -479,7 +491,16 @@ class EtcdBackend:
 
     @_unavailable
     async def delete_lease(self, lease_id: str) -> int:
-        request = aetcd.rpc.LeaseRevokeRequest(ID=int(lease_id, 16))
+        lease = int(lease_id, 16)
+        info = await self.client.get_lease_info(lease, keys=True)
+        if info.TTL <= 0:
+            raise NotFound(f"lease {lease_id} not found")
+        if info.keys:  # a mark under the lease, deleted with its keys in the same revision
+            try:
+                await self.client.put(self._mark + b"/" + lease_id.encode(), b"", lease=lease)
+            except aetcd.exceptions.ClientError:
+                raise NotFound(f"lease {lease_id} not found") from None
+        request = aetcd.rpc.LeaseRevokeRequest(ID=lease)
         try:
             revoked = await self.client.leasestub.LeaseRevoke(
                 request, timeout=REQUEST_TIMEOUT, metadata=self.client.metadata)

@@ -193,9 +193,9 @@ class MemoryBackend:
 
     def _expire(self, lease_id: str) -> None:
         self.expired += len(self._leases[lease_id].holders)
-        self._end_lease(lease_id)
+        self._end_lease(lease_id, expired=True)
 
-    def _end_lease(self, lease_id: str) -> int:
+    def _end_lease(self, lease_id: str, expired: bool = False) -> int:
         """Drop the lease and delete every endpoint it holds, in one revision."""
         lease = self._leases.pop(lease_id)
         if lease.timer is not None:
@@ -205,7 +205,7 @@ class MemoryBackend:
         revision = self._next_revision()
         for key, endpoint_id in sorted(lease.holders):
             del self._endpoints[key][endpoint_id]
-            self._publish(Event(revision, "delete", key, endpoint_id))
+            self._publish(Event(revision, "delete", key, endpoint_id, expired=expired))
         return revision
 
     def _store(self, key: ServiceKey, endpoints: dict[str, Endpoint], endpoint: Endpoint

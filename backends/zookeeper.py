@@ -647,7 +647,7 @@ class ZooKeeperBackend:
                 key = ServiceKey(namespace, name)
                 ops += [_Op("delete", (f"{self._endpoints_path(key)}/{endpoint_id}",)),
                         _Op("delete", (f"{path}/{holder}",))]
-                events.append(Event(revision, "delete", key, endpoint_id))
+                events.append(Event(revision, "delete", key, endpoint_id, expired=due))
             ops.append(_Op("delete", (path, found[1].version)))
             ended = len(events)
             return ops, events

@@ -150,6 +150,22 @@ def _log_format(value: Any) -> str:
     return str(value)
 
 
+def _switch(value: Any) -> bool:
+    """``on`` or ``off`` (or a TOML boolean)."""
+    if isinstance(value, bool):
+        return value
+    if value not in ("on", "off"):
+        raise ValueError(f"{value!r} is not on or off")
+    return value == "on"
+
+
+def _fraction(value: Any) -> float:
+    number = float(value)
+    if isinstance(value, bool) or not 0 < number < 1:
+        raise ValueError(f"{value!r} is not a fraction above 0 and below 1")
+    return number
+
+
 def _path(value: Any) -> str:
     text = str(value)
     if not text:
@@ -195,6 +211,9 @@ class Config:
     log_format: str = "text"
     log_queries: bool = False
     check_deregister_after: int = 0
+    self_preservation: bool = True
+    self_preservation_threshold: float = 0.15
+    self_preservation_max: int = 900
 
     def __post_init__(self) -> None:
         if self.workers > 1 and self.backend == "memory":
@@ -266,6 +285,14 @@ SETTINGS: dict[str, Setting] = {
     "check_deregister_after": Setting(_seconds, "delete an endpoint whose active check has "
                                       "been critical this many seconds (its deregisterAfter "
                                       "wins); 0 is never", "SECONDS"),
+    "self_preservation": Setting(_switch, "keep the endpoints whose leases expire all at once "
+                                 "(a partition between agents and sdns, not a mass death)",
+                                 choices=("on", "off"), default="on"),
+    "self_preservation_threshold": Setting(_fraction, "the share of lease-held endpoints "
+                                           "expiring within a minute that turns it on",
+                                           "FRACTION"),
+    "self_preservation_max": Setting(_period, "seconds an expired endpoint is kept at most",
+                                     "SECONDS"),
 }
 
 

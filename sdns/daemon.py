@@ -25,6 +25,8 @@ from sdns.dns.querylog import QueryLog
 from sdns.dns.responder import Responder
 from sdns.dns.server import DnsServer
 from sdns.dns.zone import Zone
+from sdns.preservation import Preservation
+from sdns.preservation import Settings as PreservationSettings
 from sdns.registry import Registry
 from sdns.replicas import Presence, replica_name
 from sdns.tasks import cancel
@@ -111,7 +113,9 @@ async def running(config: Config, *, api: bool = True,
         await backend.start()
         stack.push_async_callback(backend.close)
 
-        watcher = Watcher(backend)
+        watcher = Watcher(backend, Preservation(PreservationSettings(
+            config.self_preservation, config.self_preservation_threshold,
+            config.self_preservation_max)))
         forward_to = upstreams(config)
         forwarder = Forwarder(ForwardSettings(
             tuple(forward_to), min_ttl=config.forward_min_ttl, max_ttl=config.forward_max_ttl,

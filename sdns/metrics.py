@@ -241,9 +241,15 @@ class ServerCollector(Collector):
                                 "serves the last known data", value=int(watcher.healthy))
         yield GaugeMetricFamily("sdns_watch_revision", "The store revision this replica's view "
                                 "is at", value=watcher.view.revision)
-        yield CounterMetricFamily("sdns_registry_expired", "Endpoints this process removed "
-                                  "because their TTL or lease ran out",
+        yield CounterMetricFamily("sdns_registry_expired", "Endpoints whose TTL or lease ran "
+                                  "out, as this process saw them",
                                   value=watcher.backend.expired)
+        preserved = 0 if watcher.preservation is None else len(watcher.preservation.preserved)
+        yield GaugeMetricFamily("sdns_self_preservation", "1 while expired endpoints are kept "
+                                "(renewals stopped all at once: a partition)",
+                                value=int(preserved > 0))
+        yield GaugeMetricFamily("sdns_preserved_endpoints", "Expired endpoints kept by "
+                                "self-preservation", value=preserved)
 
     def _balancer(self, balancer: Balancer) -> Iterator[Metric]:
         connections = CounterMetricFamily("sdns_balancer_connections", "Connections (UDP flows) "

@@ -355,10 +355,11 @@ class Event:
     key: ServiceKey
     endpoint_id: str | None = None
     value: Service | Endpoint | None = None
+    expired: bool = False  # a delete because its lease ran out, not because anyone asked
 
     def to_json(self, stored: bool = False) -> dict[str, Any]:
         value = self.value
-        return {
+        found = {
             "revision": self.revision,
             "action": self.action,
             "kind": "service" if self.endpoint_id is None else "endpoint",
@@ -368,6 +369,9 @@ class Event:
             "object": None if value is None else
             value.to_json(stored) if isinstance(value, Endpoint) else value.to_json(),
         }
+        if stored and self.expired:
+            found["expired"] = True
+        return found
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Event:
@@ -376,7 +380,7 @@ class Event:
             kind = Service if data["kind"] == "service" else Endpoint
             value = kind.from_json(data["object"])
         return cls(data["revision"], data["action"], ServiceKey(data["namespace"],
-                   data["service"]), data["id"], value)
+                   data["service"]), data["id"], value, data.get("expired", False))
 
 
 def _timestamp(unix: float | None) -> str | None:

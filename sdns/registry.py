@@ -81,6 +81,19 @@ class Registry:
         """The replicas serving from the store (``BackendUnavailable`` in an outage)."""
         return await self.backend.replicas()
 
+    def preserved(self, key: ServiceKey) -> set[str]:
+        """The ids of the service's endpoints kept by self-preservation."""
+        preservation = self.watcher.preservation
+        if preservation is None:
+            return set()
+        return {i for k, i in preservation.preserved if k == key}
+
+    @property
+    def preserving(self) -> int:
+        """How many endpoints self-preservation keeps now."""
+        preservation = self.watcher.preservation
+        return 0 if preservation is None else len(preservation.preserved)
+
     @property
     def store_up(self) -> bool:
         """Whether the watcher follows the store now (else DNS serves the last known data)."""
@@ -258,6 +271,12 @@ class Registry:
 
     async def delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self.watcher.view.endpoint(key, endpoint_id)
+        if old is not None and self.watcher.is_preserved(key, endpoint_id):
+            # kept by self-preservation, gone from the store: put it back without its lease
+            # first, so that the delete reaches every replica's view
+            await self.backend.put_endpoint(key, replace(old, lease=None, ttl=0,
+                                                         expires_at=None))
+            old = None
         await self._settle(await self.backend.delete_endpoint(key, endpoint_id), "endpoint",
                            "delete")
         if old is not None:

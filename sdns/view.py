@@ -44,6 +44,7 @@ class View:
         # when several do, as one holder is the rule and a set per address costs 200 bytes
         self._by_ip: dict[str, Holder | set[Holder]] = {}
         self._cluster_ips: set[str] = set()
+        self.held = 0  # endpoints held by a lease (or a ttl): what can expire
 
     def service(self, key: ServiceKey) -> Service | None:
         return self._services.get(key)
@@ -146,13 +147,16 @@ class View:
         old = endpoints.get(endpoint.id)
         if old is not None:
             self._unindex(old.ip, key, old.id)
+            self.held -= old.lease is not None
         endpoints[endpoint.id] = endpoint
         self._index(endpoint.ip, (key, endpoint.id))
+        self.held += endpoint.lease is not None
 
     def _delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self._endpoints.get(key, {}).pop(endpoint_id, None)
         if old is not None:
             self._unindex(old.ip, key, endpoint_id)
+            self.held -= old.lease is not None
 
     def _index(self, ip: str, holder: Holder) -> None:
         found = self._by_ip.get(ip)

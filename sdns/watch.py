@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Protocol
 
 from sdns.errors import BackendUnavailable, Gone
-from sdns.model import Event
+from sdns.model import Event, ServiceKey
+from sdns.preservation import Preservation
 from sdns.store import Backend, Compacted, Snapshot
 from sdns.tasks import cancel
 from sdns.view import Change, View, differences
@@ -58,8 +59,12 @@ class Watcher:
 
     RETRY_SECONDS = 0.5
 
-    def __init__(self, backend: Backend) -> None:
+    AGE_SECONDS = 5.0  # how often preserved endpoints past their age are dropped
+
+    def __init__(self, backend: Backend, preservation: Preservation | None = None) -> None:
         self.backend = backend
+        self.preservation = preservation
+        self._aging: asyncio.Task[None] | None = None
         self.view = View()
         self.healthy = False
         self._subscribers: list[Subscriber] = []
@@ -77,6 +82,8 @@ class Watcher:
         with _bulk_load():
             self._load(await self.backend.snapshot())
         self._task = asyncio.create_task(self._follow(), name="watcher")
+        if self.preservation is not None:
+            self._aging = asyncio.create_task(self._age(), name="preservation-age")
 
     def end_streams(self) -> None:
         """End every watch stream, so that readers go (at shutdown)."""
@@ -84,8 +91,9 @@ class Watcher:
             _end(queue)
 
     async def close(self) -> None:
-        if self._task is not None:
-            await cancel(self._task)
+        for task in (self._task, self._aging):
+            if task is not None:
+                await cancel(task)
 
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until the view reflects ``revision``; False when that took too long."""
@@ -174,7 +182,30 @@ class Watcher:
         self._history_floor = snapshot.revision
         self._wake()
 
+    def is_preserved(self, key: ServiceKey, endpoint_id: str) -> bool:
+        return self.preservation is not None and (key, endpoint_id) in \
+            self.preservation.preserved
+
+    async def _age(self) -> None:
+        assert self.preservation is not None
+        while True:
+            await asyncio.sleep(self.AGE_SECONDS)
+            for event in self.preservation.aged(self.view):
+                self._apply_one(event)
+
     def _apply(self, event: Event) -> None:
+        """Apply a change from the store, unless self-preservation keeps what it deletes."""
+        if self.preservation is None:
+            self._apply_one(event)
+            return
+        applied = self.preservation.admit(event, self.view)
+        for each in applied:
+            self._apply_one(each)
+        if event not in applied:  # kept: the view is at its revision all the same
+            self.view.revision = max(self.view.revision, event.revision)
+            self._wake()
+
+    def _apply_one(self, event: Event) -> None:
         with self.view.lock:
             change = self.view.apply(event)
             for subscriber in self._subscribers:

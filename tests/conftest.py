@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.helpers.servers import (
 from tests.helpers.support import SdnsProcess
 
 BACKENDS = ["memory", "etcd", "zookeeper"]
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +76,18 @@ def ns(request: pytest.FixtureRequest) -> str:
 def dig_available() -> None:
     if shutil.which("dig") is None:
         pytest.skip("dig is not installed (make test installs dnsutils)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (no browser download); one per test module, so
+    that its event loop is gone before other modules' asyncio tests run."""
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (make test installs Debian's)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                              args=["--no-sandbox"])
+        yield launched
+        launched.close()

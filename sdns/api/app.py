@@ -149,7 +149,9 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(registry.ready(), READY_TIMEOUT)
     except TimeoutError:
         raise BackendUnavailable(f"no answer within {READY_TIMEOUT:g} s") from None
-    return web.json_response({"status": "ready", "revision": registry.revision})
+    preserved = registry.preserving
+    return web.json_response({"status": "ready", "revision": registry.revision,
+                              "selfPreservation": preserved > 0, "preserved": preserved})
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -245,8 +247,12 @@ async def delete_service(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    endpoints = await _registry(request).endpoints(_key(request))
-    return web.json_response({"endpoints": [e.to_json() for e in endpoints]})
+    key = _key(request)
+    endpoints = await _registry(request).endpoints(key)
+    preserved = _registry(request).preserved(key)
+    return web.json_response({"endpoints": [
+        e.to_json() | {"preserved": True} if e.id in preserved else e.to_json()
+        for e in endpoints]})
 
 
 async def put_endpoint(request: web.Request) -> web.Response:

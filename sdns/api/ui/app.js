@@ -127,6 +127,9 @@ async function pollStatus() {
     $("store").textContent = up ? "store up" : "store outage: serving the last known data";
     $("store").className = `badge ${up ? "ok" : "bad"}`;
     $("backend").textContent = state.status.backend;
+    const ready = await fetch("/readyz").then((r) => r.json());
+    $("preservation").hidden = !ready.selfPreservation;
+    $("preservation").textContent = `self-preservation: ${ready.preserved} expired endpoints kept`;
     const replicas = state.status.replicas;
     $("replicas").textContent = replicas ? replicas.length : "?";
     $("replicas").title = replicas ? replicas.join("\n") : "the store does not answer";
@@ -330,7 +333,8 @@ function renderEndpoints() {
   for (const e of endpoints) {
     const row = document.createElement("tr");
     row.dataset.id = e.id;
-    const lives = e.lease ? `lease ${e.lease}` : e.ttl ? `ttl ${e.ttl}s` : "registration";
+    const lives = (e.lease ? `lease ${e.lease}` : e.ttl ? `ttl ${e.ttl}s` : "registration") +
+      (e.preserved ? " (expired, preserved)" : "");
     const cells = [e.id, e.hostname, e.ip,
                    Object.entries(e.ports).map(([n, p]) => `${n}:${p}`).join(", ") || "–",
                    e.ready ? "yes" : "no"];
