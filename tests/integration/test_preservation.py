@@ -133,3 +133,13 @@ def test_deleting_a_lease_by_a_call_is_not_an_expiry(make_sdns: MakeSdns,
     assert api.delete(f"/v1/leases/{leases[0]}").status == 204  # half of them, at once
     assert _served(process) == 20
     assert api.get("/readyz").body["preserved"] == 0
+
+
+def test_kept_endpoints_go_after_the_maximum(make_sdns: MakeSdns) -> None:
+    process = make_sdns("--self-preservation-max", "2")
+    with owners(process) as agents:
+        agents.stopped = set(range(STOPPED))
+        wait_until(lambda: process.api.get("/readyz").body["preserved"] > 0, timeout=8)
+        # checked every 5 s: gone within the maximum and one check
+        wait_until(lambda: _served(process) == COUNT - STOPPED, timeout=2 + 5 + 3)
+        assert process.api.get("/readyz").body["selfPreservation"] is False
