@@ -4,6 +4,7 @@ several replicas each endpoint is checked by exactly one of them."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -127,9 +128,11 @@ def test_two_replicas_check_each_endpoint_once(make_sdns: MakeSdns,
         hits = [s.hits - h for s, h in zip(servers, before, strict=True)]
         # once a second by one replica: about 4 each, never twice as many
         assert all(3 <= h <= 5 for h in hits), hits
-        # the other replica goes: its endpoints move to the one left
-        b.stop()
-        time.sleep(3)
+        # the other replica is killed: once its presence runs out (10 s), its endpoints move
+        # to the one left, and every endpoint is probed once a second again
+        b.stop(signal.SIGKILL)
+        wait_until(lambda: len(a.api.get("/v1/status").body["replicas"]) == 1, timeout=14)
+        time.sleep(2.5)
         before = [s.hits for s in servers]
         time.sleep(3)
         hits = [s.hits - h for s, h in zip(servers, before, strict=True)]
