@@ -124,15 +124,14 @@ class Checker:
         return endpoint if endpoint is not None and endpoint.health is not None else None
 
     def _scan(self, now: float) -> None:
-        """Schedule the checked endpoints this replica owns and has not scheduled yet."""
-        for service in self.view.services():
-            for endpoint in self.view.endpoints(service.key):
-                key = (service.key, endpoint.id)
-                if endpoint.health is None or key in self._scheduled or not self._mine(key):
-                    continue
-                interval = endpoint.health.check.interval
-                self._scheduled.add(key)
-                heapq.heappush(self._due, (now + offset(key, interval), key))
+        """Schedule the checked endpoints this replica owns and has not scheduled yet (the
+        view keeps the set of checked ones, so endpoints without a check cost nothing)."""
+        for key in list(self.view.checked - self._scheduled):
+            endpoint = self._checked(key)
+            if endpoint is None or endpoint.health is None or not self._mine(key):
+                continue
+            self._scheduled.add(key)
+            heapq.heappush(self._due, (now + offset(key, endpoint.health.check.interval), key))
 
     def _probe_due(self, key: Key, now: float) -> None:
         endpoint = self._checked(key)

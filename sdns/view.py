@@ -45,6 +45,7 @@ class View:
         self._by_ip: dict[str, Holder | set[Holder]] = {}
         self._cluster_ips: set[str] = set()
         self.held = 0  # endpoints held by a lease (or a ttl): what can expire
+        self.checked: set[tuple[ServiceKey, str]] = set()  # endpoints with an active check
 
     def service(self, key: ServiceKey) -> Service | None:
         return self._services.get(key)
@@ -151,12 +152,17 @@ class View:
         endpoints[endpoint.id] = endpoint
         self._index(endpoint.ip, (key, endpoint.id))
         self.held += endpoint.lease is not None
+        if endpoint.health is not None:
+            self.checked.add((key, endpoint.id))
+        elif old is not None and old.health is not None:
+            self.checked.discard((key, endpoint.id))
 
     def _delete_endpoint(self, key: ServiceKey, endpoint_id: str) -> None:
         old = self._endpoints.get(key, {}).pop(endpoint_id, None)
         if old is not None:
             self._unindex(old.ip, key, endpoint_id)
             self.held -= old.lease is not None
+            self.checked.discard((key, endpoint_id))
 
     def _index(self, ip: str, holder: Holder) -> None:
         found = self._by_ip.get(ip)
