@@ -74,7 +74,6 @@ class Checker:
         self.registry, self.replica = registry, replica
         self.view = registry.watcher.view
         self.replicas = [replica]
-        self.probes = 0  # probes run, for tests and metrics
         self._limit = asyncio.Semaphore(max_in_flight)
         self._due: list[tuple[float, Key]] = []
         self._scheduled: set[Key] = set()
@@ -149,7 +148,6 @@ class Checker:
         assert endpoint.health is not None and self._session is not None
         check, port = endpoint.health.check, port_of(endpoint)
         async with self._limit:
-            self.probes += 1
             if port is None:
                 passed, output = False, "no such port on the endpoint"
             elif check.type is CheckType.HTTP:

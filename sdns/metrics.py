@@ -55,6 +55,7 @@ def dns_counts(responder: Responder) -> dict[str, Any]:
     counts: dict[str, Any] = {"cells": {}, "durations": {}, "duration_sum": {}}
     for protocol, counted in responder.tallies.by_protocol():
         counts = merge(counts, {
+            # copy() is one C call, which the UDP thread cannot cut into
             "cells": {protocol: {str(k): n for k, n in counted.cells.copy().items()}},
             "durations": {protocol: list(counted.durations)},
             "duration_sum": {protocol: counted.duration_sum}})

@@ -74,10 +74,6 @@ class Tally:
         self.durations[bisect.bisect_left(DURATION_BUCKETS, seconds)] += replies
         self.duration_sum += seconds * replies
 
-    def replies(self) -> Iterator[tuple[Reply, int]]:
-        for key, count in self.cells.copy().items():  # one C call: the writer cannot cut in
-            yield unpack(key), count
-
 
 class Tallies:
     """A responder's tallies: UDP from its thread, UDP the loop answers, TCP."""
