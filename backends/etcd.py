@@ -230,6 +230,11 @@ class EtcdBackend:
         found = await self.client.get(self._service_key(key))
         return None if found is None else stored.load_service(found.value)
 
+    @_unavailable
+    async def get_endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
+        found = await self.client.get(self._endpoint_key(key, endpoint_id))
+        return None if found is None else self._endpoint(found)
+
     # Writes
 
     async def _group_commit(self, write: _Write) -> int | None:

@@ -90,6 +90,9 @@ class MemoryBackend:
     async def get_service(self, key: ServiceKey) -> Service | None:
         return self._services.get(key)
 
+    async def get_endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
+        return self._endpoints.get(key, {}).get(endpoint_id)
+
     async def put_service(self, service: Service, *, create: bool = False) -> int:
         key = service.key
         old = self._services.get(key)

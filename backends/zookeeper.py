@@ -290,6 +290,10 @@ class ZooKeeperBackend:
         found = await self._get(self._service_path(key))
         return None if found is None else stored.load_service(found[0])
 
+    async def get_endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
+        found = await self._endpoint(f"{self._endpoints_path(key)}/{endpoint_id}")
+        return None if found is None else found[0]
+
     # Writes
 
     async def _write(self, plan: Plan) -> int:

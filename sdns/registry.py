@@ -253,7 +253,9 @@ class Registry:
 
     async def heartbeat(self, key: ServiceKey, endpoint_id: str) -> Endpoint:
         """Renew the lease that holds the endpoint: nothing anyone watches changes."""
-        endpoint = self.watcher.view.endpoint(key, endpoint_id)
+        # registered through another replica a moment ago, it may not be in this view yet
+        endpoint = self.watcher.view.endpoint(key, endpoint_id) or \
+            await self.backend.get_endpoint(key, endpoint_id)
         if endpoint is None:
             raise NotFound(f"endpoint {endpoint_id} of service {key} not found (expired?)")
         if endpoint.lease is None:

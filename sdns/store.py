@@ -74,6 +74,10 @@ class Backend(Protocol):
 
     async def get_service(self, key: ServiceKey) -> Service | None: ...
 
+    async def get_endpoint(self, key: ServiceKey, endpoint_id: str) -> Endpoint | None:
+        """The endpoint as stored now (for a replica whose view has not caught up yet)."""
+        ...
+
     async def put_service(self, service: Service, *, create: bool = False) -> int:
         """Store ``service``, claiming its clusterIP atomically (``ClusterIPTaken``) and
         releasing the one it had. With ``create``, fail with ``ServiceExists`` instead of

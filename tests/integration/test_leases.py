@@ -211,3 +211,15 @@ def test_two_replicas_see_the_same_expiry(make_sdns: MakeSdns, shared: list[str]
         wait_until(lambda replica=replica: _ids(replica, ns) == [],
                    timeout=deadline + 1.2 - time.time())
     assert time.time() >= deadline - 1.0  # renewed through b, so not at a's first deadline
+
+
+def test_a_heartbeat_through_another_replica_right_after_registering(
+        make_sdns: MakeSdns, shared: list[str], ns: str) -> None:
+    # the other replica may not have the endpoint in its view yet: it reads the store
+    a, b = make_sdns(*shared), make_sdns(*shared)
+    for i in range(60):
+        assert a.api.put(f"/v1/services/{ns}/web/endpoints/e{i}",
+                         {"ip": f"10.252.0.{i + 1}", "ttl": 30}).status == 201
+        beat = b.api.post(f"/v1/services/{ns}/web/endpoints/e{i}/heartbeat")
+        assert beat.status == 200, (i, beat.body)
+        assert beat.body["id"] == f"e{i}"
