@@ -10,6 +10,7 @@ prometheus-client Counter or Histogram costs nothing that matters.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib.metadata
 import json
@@ -114,7 +115,7 @@ def dns_families(counts: Mapping[str, Any], family: str) -> Iterator[Metric]:
                 by_hit["success"] += count
             elif reply.outcome == tally.DENIAL:
                 by_hit["denial"] += count
-            buckets[_bucket(reply.size)] += count
+            buckets[bisect.bisect_left(tally.SIZE_BUCKETS, reply.size)] += count
             size_sums[protocol] = size_sums.get(protocol, 0) + reply.size * count
     for (protocol, qtype), count in sorted(by_type.items()):
         requests.add_metric([protocol, family, qtype], count)
@@ -160,13 +161,6 @@ def dns_families(counts: Mapping[str, Any], family: str) -> Iterator[Metric]:
     yield from (sent, answered)
     yield CounterMetricFamily("sdns_forward_served_stale", "Forwarded answers served stale "
                               "while every upstream failed (RFC 8767)", value=forward["stale"])
-
-
-def _bucket(size: int) -> int:
-    for i, bound in enumerate(tally.SIZE_BUCKETS):
-        if size <= bound:
-            return i
-    return len(tally.SIZE_BUCKETS)
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:

@@ -35,7 +35,7 @@ class Encoded:
         self.truncated_flags = bytes((packed[2] | 0x02, packed[3]))
         self.counts = packed[4:12]
         qd, an, ns, ar = struct.unpack(">HHHH", self.counts)
-        self.denial = an == 0 or packed[3] & 0x0F == wire.Rcode.NXDOMAIN
+        self.denial = wire.is_denial(packed[3] & 0x0F, an)
         self.counts_edns = struct.pack(">HHHH", qd, an, ns, ar + 1)
         self.rest = packed[question_end:]
         # the reply without its additional records, for a UDP client whose limit they pass

@@ -57,7 +57,7 @@ class _Cached:
         self.flags, self.counts, self.body = flags, counts, body
         self.ttl_offsets = ttl_offsets
         _, an, ns, ar = struct.unpack(">HHHH", counts)
-        self.denial = an == 0 or flags[1] & 0x0F == Rcode.NXDOMAIN
+        self.denial = wire.is_denial(flags[1] & 0x0F, an)
         # where the additional records start, for a UDP client whose limit they pass
         self.short = None if ar == 0 else wire.records_end(body, 0, an + ns)
         self.stored = time.monotonic()

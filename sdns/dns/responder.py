@@ -67,10 +67,11 @@ class Responder:
                 self.cache.put(key, entry)
             outcome = tally.MISS
         reply = entry.reply(data, query, True)
+        counted = tally.key(query.qtype, reply, tally.CACHED)  # what the packet's hits count
         if not entry.rotates:
-            self.packets.put(data[2:], entry, reply[2:],
-                             tally.key(query.qtype, reply, tally.CACHED))
-        self.tallies.udp_thread.count(tally.key(query.qtype, reply, outcome))
+            self.packets.put(data[2:], entry, reply[2:], counted)
+        self.tallies.udp_thread.count(counted if outcome == tally.CACHED
+                                      else tally.key(query.qtype, reply, outcome))
         return reply
 
     async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:

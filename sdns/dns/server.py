@@ -13,10 +13,21 @@ from sdns.config import HostPort
 from sdns.dns import datagrams, wire
 from sdns.dns.querylog import QueryLog
 from sdns.dns.responder import Responder
+from sdns.dns.tally import Tally
 
 log = logging.getLogger(__name__)
 
 TCP_IDLE_SECONDS = 10.0
+
+
+def _replied(tally: Tally, querylog: QueryLog | None, proto: str, client: object, data: bytes,
+             reply: bytes, start: float) -> None:
+    """Count how long a reply sent one by one took since ``start``, and log it when queries
+    are logged."""
+    elapsed = time.perf_counter() - start
+    tally.took(elapsed)
+    if querylog is not None:
+        querylog.record(proto, client, data, reply, elapsed)
 
 
 class _UdpServer:
@@ -72,7 +83,7 @@ class _UdpServer:
     def _serve_one_by_one(self) -> None:
         receive, send = self.sock.recvfrom, self.sock.sendto
         cached, call_soon = self._cached, self.loop.call_soon_threadsafe
-        took = self.responder.tallies.udp_thread.took
+        udp_thread = self.responder.tallies.udp_thread
         while not self._stopping:
             try:
                 data, addr = receive(65535)
@@ -82,10 +93,7 @@ class _UdpServer:
                     call_soon(self._answer, data, addr, start)
                 else:
                     send(reply, addr)
-                    elapsed = time.perf_counter() - start
-                    took(elapsed)
-                    if self.querylog is not None:
-                        self.querylog.record("udp", addr, data, reply, elapsed)
+                    _replied(udp_thread, self.querylog, "udp", addr, data, reply, start)
             except Exception as error:
                 if self._ends_on(error):
                     return
@@ -126,10 +134,7 @@ class _UdpServer:
     def _send(self, data: bytes, reply: bytes, addr: tuple[str, int], start: float) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendto(reply, addr)
-        elapsed = time.perf_counter() - start
-        self.responder.tallies.udp_loop.took(elapsed)
-        if self.querylog is not None:
-            self.querylog.record("udp", addr, data, reply, elapsed)
+        _replied(self.responder.tallies.udp_loop, self.querylog, "udp", addr, data, reply, start)
 
     def close(self) -> None:
         self._stopping = True
@@ -209,11 +214,8 @@ class DnsServer:
                 elif reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
-                elapsed = time.perf_counter() - start
-                self.responder.tallies.tcp.took(elapsed)
-                if self.querylog is not None:
-                    self.querylog.record("tcp", writer.get_extra_info("peername"), message,
-                                         reply, elapsed)
+                _replied(self.responder.tallies.tcp, self.querylog, "tcp",
+                         writer.get_extra_info("peername"), message, reply, start)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass

@@ -15,7 +15,7 @@ import bisect
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from sdns.dns.wire import Rcode, RecordType
+from sdns.dns.wire import RecordType, is_denial
 
 # The question types metrics tell apart (CoreDNS's set); the rest are "other".
 TYPES = ("A", "AAAA", "SRV", "PTR", "CNAME", "TXT", "SOA", "NS", "ANY")
@@ -39,7 +39,7 @@ def type_name(index: int) -> str:
 def key(qtype: int, reply: bytes, outcome: int) -> int:
     """The cell of ``reply`` to a question of ``qtype``."""
     rcode = reply[3] & 0x0F
-    if outcome == CACHED and (rcode == Rcode.NXDOMAIN or reply[6:8] == b"\0\0"):
+    if outcome == CACHED and is_denial(rcode, reply[6] << 8 | reply[7]):
         outcome = DENIAL
     return ((len(reply) << 4 | rcode) << 4 | _TYPE_INDEX.get(qtype, OTHER)) << 2 | outcome
 

@@ -37,6 +37,11 @@ class Rcode(IntEnum):
     BADVERS = 16  # extended (EDNS), RFC 6891
 
 
+def is_denial(rcode: int, answers: int) -> bool:
+    """Whether a reply denies the question (RFC 2308): NXDOMAIN, or no answer records."""
+    return rcode == Rcode.NXDOMAIN or answers == 0
+
+
 def rcode_name(rcode: int) -> str:
     """NOERROR, NXDOMAIN, ... as logs and metrics spell them; the number when it has no name."""
     try:
