@@ -28,6 +28,7 @@ import aiohttp
 from sdns import probe
 from sdns.client import DEFAULT_SERVER, ApiError, Client, Unreachable
 from sdns.config import ConfigError, read_toml
+from sdns.model import HealthStatus
 from sdns.tasks import cancel
 
 log = logging.getLogger("sdns.agent")
@@ -245,23 +246,20 @@ async def run_check(session: aiohttp.ClientSession, registration: Registration,
 
 @dataclass
 class _Health:
-    """Where a checked endpoint stands: served or not, and the run of results behind it."""
+    """Where a checked endpoint stands: ready only while its check is passing."""
 
-    ready: bool = False
-    passes: int = 0
-    failures: int = 0
+    run: probe.Run = field(default_factory=probe.Run)
+    status: HealthStatus = HealthStatus.UNKNOWN
+
+    @property
+    def ready(self) -> bool:
+        return self.status is HealthStatus.PASSING
 
     def saw(self, passed: bool, check: Check) -> bool:
         """Count a result; whether ``ready`` flipped."""
-        if passed:
-            self.passes, self.failures = self.passes + 1, 0
-            flip = not self.ready and self.passes >= check.rise
-        else:
-            self.passes, self.failures = 0, self.failures + 1
-            flip = self.ready and self.failures >= check.fall
-        if flip:
-            self.ready = not self.ready
-        return flip
+        was = self.ready
+        self.status = self.run.status(passed, check.rise, check.fall, self.status)
+        return self.ready != was
 
 
 # The agent

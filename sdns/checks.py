@@ -16,7 +16,7 @@ import hashlib
 import heapq
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import aiohttp
 
@@ -60,14 +60,6 @@ def port_of(endpoint: Endpoint) -> int | None:
     return ports.get(wanted)
 
 
-@dataclass
-class _Run:
-    """Consecutive results of one endpoint's check, as this replica saw them."""
-
-    passes: int = 0
-    failures: int = 0
-
-
 class Checker:
     def __init__(self, registry: Registry, replica: str,
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:
@@ -77,7 +69,7 @@ class Checker:
         self._limit = asyncio.Semaphore(max_in_flight)
         self._due: list[tuple[float, Key]] = []
         self._scheduled: set[Key] = set()
-        self._runs: dict[Key, _Run] = {}
+        self._runs: dict[Key, probe.Run] = {}  # as this replica saw them
         self._probing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -167,16 +159,8 @@ class Checker:
             self._runs.pop(key, None)  # changed while probed: start over
             return
         health = current.health
-        run = self._runs.setdefault(key, _Run())
-        status = health.status
-        if passed:
-            run.passes, run.failures = run.passes + 1, 0
-            if status is not HealthStatus.PASSING and run.passes >= health.check.rise:
-                status = HealthStatus.PASSING
-        else:
-            run.passes, run.failures = 0, run.failures + 1
-            if status is not HealthStatus.CRITICAL and run.failures >= health.check.fall:
-                status = HealthStatus.CRITICAL
+        status = self._runs.setdefault(key, probe.Run()).status(
+            passed, health.check.rise, health.check.fall, health.status)
         now = time.time()
         if status is not health.status:
             log.info("%s/%s %s is %s: %s", key[0].namespace, key[0].name, key[1], status.value,

@@ -1,12 +1,16 @@
 """One probe of a workload, for the server's active checks and the agent's local ones: an HTTP
 GET (2xx or 3xx passes), a TCP connection, or a command (exit status 0 passes). Each answers
-whether it passed and what it saw, cut to ``MAX_OUTPUT`` characters."""
+whether it passed and what it saw, cut to ``MAX_OUTPUT`` characters. ``Run`` turns results
+into a status, as a readiness probe does."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import aiohttp
+
+from sdns.model import HealthStatus
 
 MAX_OUTPUT = 200
 
@@ -59,3 +63,24 @@ async def command(argv: tuple[str, ...], timeout: float) -> tuple[bool, str]:
 def session() -> aiohttp.ClientSession:
     """For HTTP probes: a new connection each, as a fresh client would make."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+
+
+@dataclass
+class Run:
+    """The results of one check in a row: ``rise`` passes make it passing, ``fall`` failures
+    critical; it starts unknown."""
+
+    passes: int = 0
+    failures: int = 0
+
+    def status(self, passed: bool, rise: int, fall: int, current: HealthStatus) -> HealthStatus:
+        """The status after ``passed``, from ``current``."""
+        if passed:
+            self.passes, self.failures = self.passes + 1, 0
+            if current is not HealthStatus.PASSING and self.passes >= rise:
+                return HealthStatus.PASSING
+        else:
+            self.passes, self.failures = 0, self.failures + 1
+            if current is not HealthStatus.CRITICAL and self.failures >= fall:
+                return HealthStatus.CRITICAL
+        return current

@@ -205,10 +205,9 @@ class Registry:
                 raise missing
         endpoints = []
         try:
-            for i, request in enumerate(requests):
+            for request in requests:
                 ports = {p.name: p.target for p in service.ports} | request.ports
-                health = self._health(service.key, request, ports,
-                                      f"endpoints[{i}]." if in_set else "")
+                health = self._health(service.key, request)
                 lease = (await self.backend.create_lease(request.ttl) if request.ttl
                          else None if request.lease is None else leases[request.lease])
                 endpoints.append(Endpoint(
@@ -236,14 +235,13 @@ class Registry:
             ports = {p.name: p.target for p in service.ports} if service else {}
             _check_port(request, ports | request.ports, f"endpoints[{i}]." if in_set else "")
 
-    def _health(self, key: ServiceKey, request: EndpointRequest, ports: dict[str, int],
-                field: str) -> Health | None:
+    def _health(self, key: ServiceKey, request: EndpointRequest) -> Health | None:
         """The health an endpoint is stored with: what it had, when it is registered again
-        with the same address and check; else not checked yet."""
+        with the same address and check; else not checked yet. (Its port was checked by
+        ``_check_ports_first``: the ports only grow once the service is found.)"""
         check = request.check
         if check is None:
             return None
-        _check_port(request, ports, field)
         deregister_after = request.deregister_after or self.deregister_after
         old = self.watcher.view.endpoint(key, request.id)
         if old is not None and old.health is not None and old.health.check == check and \

@@ -173,10 +173,14 @@ async def watch(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def list_services(request: web.Request) -> web.Response:
+def _namespace_asked(request: web.Request) -> str | None:
+    """The ``namespace`` query parameter that limits a list, checked."""
     namespace = request.query.get("namespace")
-    if namespace is not None:
-        label(namespace, "namespace")
+    return None if namespace is None else label(namespace, "namespace")
+
+
+async def list_services(request: web.Request) -> web.Response:
+    namespace = _namespace_asked(request)
     registry = _registry(request)
     return web.json_response({"revision": registry.revision,
                               "services": [s.to_json() for s in registry.services(namespace)
@@ -184,9 +188,7 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def list_all_endpoints(request: web.Request) -> web.Response:
-    namespace = request.query.get("namespace")
-    if namespace is not None:
-        label(namespace, "namespace")
+    namespace = _namespace_asked(request)
     registry = _registry(request)
     return web.json_response({"revision": registry.revision, "endpoints": [
         {"namespace": key.namespace, "service": key.name, **endpoint.to_json()}
