@@ -60,9 +60,10 @@ def dns_counts(responder: Responder) -> dict[str, Any]:
             "cells": {protocol: {str(k): n for k, n in counted.cells.copy().items()}},
             "durations": {protocol: list(counted.durations)},
             "duration_sum": {protocol: counted.duration_sum}})
-    cache = responder.cache
-    success, denial = len(cache) - cache.denials, cache.denials
-    evictions = cache.evictions
+    cache, packets = responder.cache, responder.packets
+    denial = cache.denials + packets.denials
+    success = len(cache) + len(packets) - denial
+    evictions = cache.evictions + packets.evictions
     forward: dict[str, Any] = {"requests": {}, "responses": {}, "stale": 0}
     forwarder = responder.forwarder
     if forwarder is not None:
@@ -142,11 +143,12 @@ def dns_families(counts: Mapping[str, Any], family: str) -> Iterator[Metric]:
     yield size
 
     cache = counts["cache"]
-    entries = GaugeMetricFamily("sdns_cache_entries", "Answers in the caches", labels=["type"])
+    entries = GaugeMetricFamily("sdns_cache_entries", "Answers and replies in the caches",
+                                labels=["type"])
     entries.add_metric(["success"], cache["success"])
     entries.add_metric(["denial"], cache["denial"])
     yield entries
-    yield CounterMetricFamily("sdns_cache_evictions", "Answers dropped to make room",
+    yield CounterMetricFamily("sdns_cache_evictions", "Answers and replies dropped to make room",
                               value=cache["evictions"])
 
     forward = counts["forward"]

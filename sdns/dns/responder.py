@@ -2,14 +2,14 @@
 
 Two threads use a Responder, by one rule. The event loop changes the view and drops the
 answers a change touches (``changed``, ``reloaded``, called by the watcher holding the view's
-lock); the UDP thread (``cached_reply``) reads the answer cache, writes into it the first
-answers it makes itself (``Zone.quick``), and is the only writer of the packet cache. Every write
-to the answer cache, from either thread, holds the view's lock, so an answer derived from an
-older view is never stored after the change that outdates it; reads take no lock, each being
-one call into C that the GIL makes atomic. An answer dropped marks its entry ``valid = False``
-with one store, which the thread checks before serving a packet. The one value both threads
-write without the lock is an entry's rotation counter (``Encoded.turn``): a lost update
-repeats an order of the addresses once, and never makes a wrong reply.
+lock); the UDP thread (``cached_reply``) reads the answer cache, takes from it the validity of
+each first answer it makes itself (``Zone.quick``), and is the only writer of the packet cache.
+Every write to the answer cache, from either thread, holds the view's lock, so an answer derived
+from an older view is never stored (nor given a validity) after the change that outdates it;
+reads take no lock, each being one call into C that the GIL makes atomic. An answer dropped
+sets its validity to 0 with one store, which the thread checks before serving a packet. The
+one value both threads write without the lock is an entry's rotation counter (``Encoded.turn``):
+a lost update repeats an order of the addresses once, and never makes a wrong reply.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import ipaddress
 import logging
 
 from sdns.dns import tally, wire
-from sdns.dns.cache import AnswerCache, PacketCache, encode, encode_quick
+from sdns.dns.cache import AnswerCache, PacketCache, encode, quick_reply
 from sdns.dns.forward import Forwarder
 from sdns.dns.wire import Rcode, RecordType
 from sdns.dns.zone import Zone, change_tags
@@ -46,7 +46,7 @@ class Responder:
         """The UDP reply to ``data`` when its answer is cached, or quick to make (then it is
         cached); None means "ask ``reply``". The hot path, run on the UDP thread."""
         hit = self.packets.get(data[2:])
-        if hit is not None and hit[0].valid:
+        if hit is not None and hit[0][0]:
             self.tallies.udp_thread.count(hit[2])
             return data[:2] + hit[1]
         try:
@@ -55,23 +55,29 @@ class Responder:
             return None
         if data[2] & 0x78 or query.edns_version or query.qclass != wire.CLASS_IN:
             return None
-        key = (query.qname, query.qtype)
-        entry = self.cache.get(key)
-        outcome = tally.CACHED
+        entry = self.cache.get((query.qname, query.qtype))
         if entry is None:
-            with self.zone.view.lock:
-                quick = self.zone.quick(wire.labels(query.qname), query.qtype)
-                if quick is None:
-                    return None  # the loop builds it
-                entry = encode_quick(query.qname, query.qtype, quick, self.zone.ttl)
-                self.cache.put(key, entry)
-            outcome = tally.MISS
+            return self._first_reply(data, query)
         reply = entry.reply(data, query, True)
-        counted = tally.key(query.qtype, reply, tally.CACHED)  # what the packet's hits count
+        counted = tally.key(query.qtype, reply, tally.CACHED)
         if not entry.rotates:
-            self.packets.put(data[2:], entry, reply[2:], counted)
-        self.tallies.udp_thread.count(counted if outcome == tally.CACHED
-                                      else tally.key(query.qtype, reply, outcome))
+            self.packets.put(data[2:], entry.validity, reply[2:], counted)
+        self.tallies.udp_thread.count(counted)
+        return reply
+
+    def _first_reply(self, data: bytes, query: wire.Query) -> bytes | None:
+        """The reply to a first question that ``Zone.quick`` answers, made from the view and
+        kept in the packet cache only (under the validity of its tag); None for the others,
+        which the loop answers."""
+        with self.zone.view.lock:
+            quick = self.zone.quick(query.qname, query.qtype)
+            if quick is None:
+                return None
+            validity = self.cache.validity(quick.tag)
+        reply = quick_reply(data, query, quick, self.zone.ttl)
+        counted = tally.key(query.qtype, reply, tally.CACHED)  # the packet's later hits
+        self.packets.put(data[2:], validity, reply[2:], counted)
+        self.tallies.udp_thread.count(tally.with_outcome(counted, tally.MISS))
         return reply
 
     async def forward(self, data: bytes, query: wire.Query, udp: bool, client: str) -> bytes:

@@ -44,6 +44,15 @@ def key(qtype: int, reply: bytes, outcome: int) -> int:
     return ((len(reply) << 4 | rcode) << 4 | _TYPE_INDEX.get(qtype, OTHER)) << 2 | outcome
 
 
+def outcome(key: int) -> int:
+    return key & 0x03
+
+
+def with_outcome(key: int, outcome: int) -> int:
+    """``key`` for the same reply with another cache outcome."""
+    return key & ~0x03 | outcome
+
+
 class Reply(NamedTuple):
     type: str
     rcode: int
@@ -52,7 +61,7 @@ class Reply(NamedTuple):
 
 
 def unpack(key: int) -> Reply:
-    return Reply(type_name(key >> 2 & 0x0F), key >> 6 & 0x0F, key >> 10, key & 0x03)
+    return Reply(type_name(key >> 2 & 0x0F), key >> 6 & 0x0F, key >> 10, outcome(key))
 
 
 class Tally:

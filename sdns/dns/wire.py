@@ -205,6 +205,18 @@ def labels(qname: bytes) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def labels_before(qname: bytes, end: int) -> list[bytes] | None:
+    """The labels of a wire-form name that come before offset ``end``; None when no label
+    starts there (the bytes after it only look like a name's end)."""
+    out = []
+    pos = 0
+    while pos < end:
+        length = qname[pos]
+        out.append(qname[pos + 1:pos + 1 + length])
+        pos += length + 1
+    return out if pos == end else None
+
+
 def error_reply(data: bytes, rcode: int, query: Query | None = None) -> bytes:
     """A reply that answers nothing: the header (ID, opcode, RD echoed), the question when it
     could be read, and OPT when the query had one."""

@@ -12,15 +12,14 @@ from typing import NamedTuple
 
 from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
 
+from sdns.dns import wire
 from sdns.dns.wire import Rcode, RecordType
 from sdns.model import (
     Endpoint,
-    IPFamily,
     Protocol,
     Service,
     ServiceKey,
     ServiceType,
-    ip_family,
 )
 from sdns.view import Change, View
 
@@ -29,6 +28,10 @@ MAX_CNAMES = 8  # CNAMEs followed inside the zone for one answer
 _REVERSE_V4 = (b"in-addr", b"arpa")
 _REVERSE_V6 = (b"ip6", b"arpa")
 _PROTOCOL_LABELS = {b"_" + p.value.lower().encode(): p for p in Protocol}
+# plain ints for the UDP thread's first answers (``Zone.quick``): reading an enum member
+# costs about 90 ns on Python 3.11
+_A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
+_ZONE_TRANSFERS = frozenset({int(RecordType.AXFR), int(RecordType.IXFR)})
 
 Tag = Hashable
 
@@ -69,7 +72,7 @@ class Quick(NamedTuple):
     rcode: Rcode
     addresses: tuple[str, ...]
     soa: Soa | None
-    tags: frozenset[Tag]
+    tag: Tag  # the one tag whose change alters it
 
 
 @dataclass(slots=True)
@@ -82,7 +85,7 @@ class _Node:
 
 
 def service_tag(key: ServiceKey) -> Tag:
-    return ("svc", key)
+    return ("svc", *key)  # a plain tuple of strings, which the cycle collector stops walking
 
 
 def namespace_tag(namespace: str) -> Tag:
@@ -123,6 +126,8 @@ class Zone:
             for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
         }
         self._negative_soas = {zone: Soa.of(rr) for zone, rr in self._soas.items()}
+        self._services_suffix = b"".join(bytes((len(label),)) + label
+                                         for label in (b"svc", *self.origin)) + b"\0"
 
     def answer(self, labels: tuple[bytes, ...], qtype: int) -> Answer | None:
         """The answer for a lowercased name, or None when the name is not ours. A CNAME to a
@@ -159,26 +164,34 @@ class Zone:
             found = self._node(target)
             assert found is not None  # a name of the cluster zone
 
-    def quick(self, labels: tuple[bytes, ...], qtype: int) -> Quick | None:
+    def quick(self, qname: bytes, qtype: int) -> Quick | None:
         """The answer to the commonest first questions, as ``answer`` gives it but with no
         records to build: a name under a service that does not exist (NXDOMAIN), and the
-        address of a ClusterIP service (A or AAAA). None for every other question."""
-        origin = self.origin
-        size = len(origin)
-        if (len(labels) < size + 3 or labels[-size - 1] != b"svc" or labels[-size:] != origin
-                or qtype in (RecordType.AXFR, RecordType.IXFR)):
+        address of a ClusterIP service (A or AAAA). None for every other question.
+
+        ``qname`` is the lowercased wire name. This runs on the UDP thread for every first
+        question, so it reads only the labels below ``svc`` and compares plain ints: it took
+        6.5 us a question through every label and the enums, 3 us this way (2026-11-22)."""
+        suffix = self._services_suffix
+        if not qname.endswith(suffix) or qtype in _ZONE_TRANSFERS:
             return None
-        key = ServiceKey(labels[-size - 2].decode("latin-1"), labels[-size - 3].decode("latin-1"))
-        tags = frozenset({service_tag(key)})
+        relative = wire.labels_before(qname, len(qname) - len(suffix))
+        if relative is None or len(relative) < 2:
+            return None
+        key = ServiceKey(relative[-1].decode("latin-1"), relative[-2].decode("latin-1"))
         service = self.view.service(key)
         if service is None:
-            return Quick(Rcode.NXDOMAIN, (), self._negative_soas[origin], tags)
-        if (len(labels) != size + 3 or service.type is not ServiceType.CLUSTER_IP
-                or qtype not in (RecordType.A, RecordType.AAAA)):
+            return Quick(Rcode.NXDOMAIN, (), self._negative_soas[self.origin], service_tag(key))
+        if len(relative) != 2 or service.type is not ServiceType.CLUSTER_IP:
             return None
-        family = IPFamily.IPV6 if qtype == RecordType.AAAA else IPFamily.IPV4
-        ips = tuple(ip for ip in service.cluster_ips if ip_family(ip) is family)
-        return Quick(Rcode.NOERROR, ips, None if ips else self._negative_soas[origin], tags)
+        if qtype == _A:
+            ips = [ip for ip in service.cluster_ips if ":" not in ip]
+        elif qtype == _AAAA:
+            ips = [ip for ip in service.cluster_ips if ":" in ip]
+        else:
+            return None
+        return Quick(Rcode.NOERROR, tuple(ips),
+                     None if ips else self._negative_soas[self.origin], service_tag(key))
 
     def _node(self, labels: tuple[bytes, ...]
               ) -> tuple[tuple[bytes, ...], _Node | frozenset[Tag]] | None:

@@ -4,7 +4,14 @@ import tracemalloc
 
 from dnslib import RR, A, DNSLabel
 
-from sdns.dns.cache import ANSWER_OVERHEAD, AnswerCache, PacketCache, encode
+from sdns.dns.cache import (
+    ANSWER_OVERHEAD,
+    PACKET_OVERHEAD,
+    VALIDITY_OVERHEAD,
+    AnswerCache,
+    PacketCache,
+    encode,
+)
 from sdns.dns.wire import RecordType
 from sdns.dns.zone import Answer
 
@@ -51,16 +58,42 @@ def test_dropped_entries_turn_invalid() -> None:
     assert second.valid is False
 
 
+def test_a_validity_is_one_per_tag_until_a_change_touches_the_tag() -> None:
+    cache = AnswerCache(1 << 20)
+    web, db = cache.validity(("svc", "default", "web")), cache.validity(("svc", "default", "db"))
+    assert cache.validity(("svc", "default", "web")) is web
+    cache.invalidate([("svc", "default", "web")])
+    assert (web[0], db[0]) == (0, 1)
+    again = cache.validity(("svc", "default", "web"))
+    assert again is not web and again[0] == 1
+    cache.clear()
+    assert (again[0], db[0], cache.bytes) == (0, 0, 0)
+
+
+def test_validities_and_entries_share_the_byte_bound() -> None:
+    entry = _entry(frozenset({"x"}))
+    cache = AnswerCache(ANSWER_OVERHEAD + 3 * VALIDITY_OVERHEAD + 100)
+    cache.put((b"a", 1), entry)
+    made = [cache.validity(("svc", "default", f"name{i}")) for i in range(10)]
+    assert [v[0] for v in made] == [0] * 7 + [1] * 3  # the oldest went first
+    assert entry.valid and cache.bytes <= cache.max_bytes
+    cache.put((b"b", 1), _entry(frozenset({"y"})))  # the oldest entry first, then validities
+    assert not entry.valid and cache.bytes <= cache.max_bytes
+    cache.invalidate(["y", *(("svc", "default", f"name{i}") for i in range(10))])
+    assert (len(cache), cache.bytes) == (0, 0)
+
+
 def test_the_packet_cache_keeps_to_its_bytes() -> None:
     entry = _entry(frozenset())
     packets = PacketCache(10_000)
     for i in range(1000):
-        packets.put(f"query-{i}".encode(), entry, b"r" * 100, 0)
+        packets.put(f"query-{i}".encode(), entry.validity, b"r" * 100, 0)
     assert packets.bytes <= 10_000
     assert packets.get(b"query-999") is not None
     assert packets.get(b"query-0") is None
-    packets.put(b"query-999", entry, b"r" * 10, 0)  # a replacement is counted once
-    assert packets.bytes == sum(250 + len(k) + len(r) for k, (_, r, _) in packets._replies.items())
+    packets.put(b"query-999", entry.validity, b"r" * 10, 0)  # a replacement is counted once
+    assert packets.bytes == sum(PACKET_OVERHEAD + len(k) + len(r)
+                                for k, (_, r, _) in packets._replies.items())
 
 
 def test_the_bound_counts_what_entries_really_take() -> None:
@@ -75,7 +108,27 @@ def test_the_bound_counts_what_entries_really_take() -> None:
             entry = _entry(frozenset({("svc", ("default", f"name{i}")), ("ns", "default")}))
             answers.put((name, 1), entry)
             packets.put(b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01",
-                        entry, b"\x81\x80" + b"r" * 60, 1 << 20)
+                        entry.validity, b"\x81\x80" + b"r" * 60, 1 << 20)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = answers.bytes + packets.bytes
+    assert 0.8 * used <= counted <= 1.2 * used, (used, counted)
+
+
+def test_the_bound_counts_what_validities_really_take() -> None:
+    """A first answer made on the UDP thread leaves a validity under its service's tag, made of
+    names decoded from the question, and a packet; both count what they really take."""
+    answers, packets = AnswerCache(1 << 30), PacketCache(1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            label = f"name{i:04d}".encode()
+            name = bytes((len(label),)) + label + b"\x07default\x03svc\x00"
+            tag = ("svc", b"default".decode("latin-1"), label.decode("latin-1"))
+            packets.put(b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01",
+                        answers.validity(tag), b"\x81\x80" + b"r" * 60, 1 << 20)
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

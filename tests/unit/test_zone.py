@@ -18,7 +18,15 @@ import pytest
 from sdns.dns import wire
 from sdns.dns.responder import Responder
 from sdns.dns.zone import Zone
-from sdns.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from sdns.model import (
+    Endpoint,
+    Event,
+    Protocol,
+    Service,
+    ServiceKey,
+    ServicePort,
+    ServiceType,
+)
 from sdns.store import Snapshot
 from sdns.view import View
 
@@ -274,3 +282,30 @@ def test_a_first_answer_on_the_udp_thread_is_the_loops_to_the_byte(case: Case) -
             assert quick == full
     if case.name in (f"web.{NS}.{Z}", f"nope.{NS}.{Z}") and case.rdtype in ("A", "AAAA"):
         assert quick is not None  # these are what it is for
+
+
+def test_first_answers_made_on_the_udp_thread_follow_changes() -> None:
+    """A first answer the UDP thread makes is kept as a whole reply; the change that alters it
+    (a new clusterIP, a service that appears) stops it being served, as the watcher applies it."""
+    responder = _responder()
+    ask_web = dns.message.make_query(f"web.{NS}.{Z}", "A", id=1).to_wire()
+    ask_new = dns.message.make_query(f"new.{NS}.{Z}", "A", id=2).to_wire()
+
+    def served(data: bytes) -> tuple[str, list[str]]:
+        reply = responder.cached_reply(data)
+        assert reply is not None
+        message = dns.message.from_wire(reply)
+        return dns.rcode.to_text(message.rcode()), [rd.address for rrset in message.answer
+                                                    for rd in rrset]
+
+    for _ in range(2):  # made, then from the packet cache
+        assert served(ask_web) == ("NOERROR", ["10.96.0.20"])
+        assert served(ask_new) == ("NXDOMAIN", [])
+    with responder.zone.view.lock:  # as the watcher applies a change
+        for event in (Event(2, "put", WEB, value=Service(NS, "web",
+                                                               cluster_ips=("10.96.0.21",))),
+                      Event(3, "put", ServiceKey(NS, "new"),
+                            value=Service(NS, "new", cluster_ips=("10.96.0.22",)))):
+            responder.changed(responder.zone.view.apply(event))
+    assert served(ask_web) == ("NOERROR", ["10.96.0.21"])
+    assert served(ask_new) == ("NOERROR", ["10.96.0.22"])
