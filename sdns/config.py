@@ -205,7 +205,7 @@ class Config:
     serve_stale: int = 3600
     balancer: str = "userspace"
     balancer_sync: int = 30
-    cache_mb: int = 512
+    cache_mb: int = 64
     tokens: str | None = None
     metrics_open: bool = False
     log_format: str = "text"
@@ -268,7 +268,7 @@ SETTINGS: dict[str, Setting] = {
                            "while every upstream fails, seconds", "SECONDS"),
     "balancer": Setting(_balancer, "what turns connections to clusterIP:port into connections "
                         "to endpoints", choices=BALANCER_MODES),
-    "cache_mb": Setting(_megabytes, "MiB the DNS answer and packet caches may hold together",
+    "cache_mb": Setting(_megabytes, "MiB the DNS caches may add to the process, together",
                         "MIB"),
     "balancer_sync": Setting(_period, "seconds between full resyncs of the balancer's data "
                              "plane (a failed apply is retried sooner)", "SECONDS"),

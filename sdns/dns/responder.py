@@ -18,7 +18,7 @@ import ipaddress
 import logging
 
 from sdns.dns import tally, wire
-from sdns.dns.cache import AnswerCache, PacketCache, encode, quick_reply
+from sdns.dns.cache import ALLOCATOR_SLACK, AnswerCache, PacketCache, encode, quick_reply
 from sdns.dns.forward import Forwarder
 from sdns.dns.wire import Rcode, RecordType
 from sdns.dns.zone import Zone, change_tags
@@ -35,8 +35,9 @@ class Responder:
                  forwarder: Forwarder | None = None, allow: tuple[str, ...] = ()) -> None:
         self.zone = zone
         # half each: the packet cache holds a reply for each answer a client asked for again
-        self.cache = AnswerCache(cache_bytes // 2)
-        self.packets = PacketCache(cache_bytes - cache_bytes // 2)
+        held = int(cache_bytes / ALLOCATOR_SLACK)
+        self.cache = AnswerCache(held // 2)
+        self.packets = PacketCache(held - held // 2)
         self.forwarder = forwarder
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}

@@ -190,8 +190,10 @@ class Zone:
             ips = [ip for ip in service.cluster_ips if ":" in ip]
         else:
             return None
+        # the tag made of the service's own strings, not the ones just decoded: the validity
+        # kept under it costs 110 bytes less
         return Quick(Rcode.NOERROR, tuple(ips),
-                     None if ips else self._negative_soas[self.origin], service_tag(key))
+                     None if ips else self._negative_soas[self.origin], service_tag(service.key))
 
     def _node(self, labels: tuple[bytes, ...]
               ) -> tuple[tuple[bytes, ...], _Node | frozenset[Tag]] | None:
