@@ -176,21 +176,23 @@ class AnswerCache:
     records and ``ANSWER_OVERHEAD``); the oldest entry goes first when it is full. A bound in
     bytes, not entries, because a flood of random names must not grow the process past what
     the operator gave the cache (``--cache-mb``). The validities of replies made without an
-    entry (``validity``) count against the same bound.
+    entry (``validity``) have a bound of their own (``max_validity_bytes``): a flood of first
+    answers, each with a validity, must not push out the answers asked all the time.
 
     An OrderedDict, because dropping the first key of a plain dict costs a scan over the slots
     of every key dropped before it: 32 us per insert of a full cache under a flood of random
     names, against a constant cost here."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_validity_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self.max_validity_bytes = max_validity_bytes
         self.bytes = 0
+        self.validity_bytes = 0
         self.evictions = 0
         self.denials = 0  # entries that are NXDOMAIN or have no answer records
         self._entries: OrderedDict[Key, Encoded] = OrderedDict()
         self._by_tag: dict[Tag, set[Key]] = {}
-        # the validities of replies made without an entry (``quick_reply``), oldest first;
-        # they count in ``bytes`` too
+        # the validities of replies made without an entry (``quick_reply``), oldest first
         self._validities: OrderedDict[Tag, Validity] = OrderedDict()
 
     def __len__(self) -> int:
@@ -206,8 +208,6 @@ class AnswerCache:
         while self._entries and self.bytes + size > self.max_bytes:
             self._forget(*self._entries.popitem(last=False))
             self.evictions += 1
-        while self._validities and self.bytes + size > self.max_bytes:
-            self._drop_oldest_validity()
         self._entries[key] = entry
         self.bytes += size
         self.denials += entry.denial
@@ -216,23 +216,19 @@ class AnswerCache:
 
     def validity(self, tag: Tag) -> Validity:
         """The one validity of every reply made without an entry from data tagged ``tag``.
-        When the bound is reached, the oldest validity goes first (and the replies that hold
-        it with it), then the oldest entry."""
+        When the bound is reached, the oldest validity goes (and the replies that hold it
+        with it)."""
         validities = self._validities
         found = validities.get(tag)
         if found is None:
-            while validities and self.bytes + VALIDITY_OVERHEAD > self.max_bytes:
-                self._drop_oldest_validity()
-            while self._entries and self.bytes + VALIDITY_OVERHEAD > self.max_bytes:
-                self._forget(*self._entries.popitem(last=False))
+            while validities and (self.validity_bytes + VALIDITY_OVERHEAD
+                                  > self.max_validity_bytes):
+                validities.popitem(last=False)[1][0] = 0
+                self.validity_bytes -= VALIDITY_OVERHEAD
                 self.evictions += 1
             found = validities[tag] = _validity()
-            self.bytes += VALIDITY_OVERHEAD
+            self.validity_bytes += VALIDITY_OVERHEAD
         return found
-
-    def _drop_oldest_validity(self) -> None:
-        self._validities.popitem(last=False)[1][0] = 0
-        self.bytes -= VALIDITY_OVERHEAD
 
     def invalidate(self, tags: Iterable[Tag]) -> None:
         for tag in tags:
@@ -241,7 +237,7 @@ class AnswerCache:
             validity = self._validities.pop(tag, None)
             if validity is not None:
                 validity[0] = 0
-                self.bytes -= VALIDITY_OVERHEAD
+                self.validity_bytes -= VALIDITY_OVERHEAD
 
     def clear(self) -> None:
         for entry in self._entries.values():
@@ -252,6 +248,7 @@ class AnswerCache:
         self._by_tag.clear()
         self._validities.clear()
         self.bytes = 0
+        self.validity_bytes = 0
         self.denials = 0
 
     def _remove(self, key: Key) -> None:

@@ -34,10 +34,11 @@ class Responder:
     def __init__(self, zone: Zone, cache_bytes: int,
                  forwarder: Forwarder | None = None, allow: tuple[str, ...] = ()) -> None:
         self.zone = zone
-        # half each: the packet cache holds a reply for each answer a client asked for again
+        # half for the packet cache, which holds a reply for each answer a client asked for
+        # again; a quarter each for the answers and for the validities of first answers
         held = int(cache_bytes / ALLOCATOR_SLACK)
-        self.cache = AnswerCache(held // 2)
-        self.packets = PacketCache(held - held // 2)
+        self.cache = AnswerCache(held // 4, held // 4)
+        self.packets = PacketCache(held - 2 * (held // 4))
         self.forwarder = forwarder
         self._allow = [ipaddress.ip_network(network) for network in allow]
         self._allowed: dict[str, bool] = {}

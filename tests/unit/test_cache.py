@@ -29,7 +29,7 @@ def _entry(tags: frozenset) -> object:
 
 
 def test_invalidate_drops_only_tagged_entries() -> None:
-    cache = AnswerCache(1 << 20)
+    cache = AnswerCache(1 << 20, 1 << 20)
     cache.put((b"a", 1), _entry(frozenset({"x"})))
     cache.put((b"b", 1), _entry(frozenset({"y"})))
     cache.put((b"c", 1), _entry(frozenset({"x", "y"})))
@@ -41,7 +41,7 @@ def test_invalidate_drops_only_tagged_entries() -> None:
 
 def test_the_byte_bound_evicts_oldest_and_forgets_its_tags() -> None:
     size = ANSWER_OVERHEAD + len(b"999") + len(_entry(frozenset()).rest)
-    cache = AnswerCache(3 * size)
+    cache = AnswerCache(3 * size, 0)
     for i in range(1000):
         cache.put((str(i).encode(), 1), _entry(frozenset({("svc", i)})))
     assert len(cache) == 3
@@ -53,7 +53,7 @@ def test_the_byte_bound_evicts_oldest_and_forgets_its_tags() -> None:
 
 
 def test_dropped_entries_turn_invalid() -> None:
-    cache = AnswerCache(1)  # room for one entry at a time
+    cache = AnswerCache(1, 0)  # room for one entry at a time
     first = _entry(frozenset({"x"}))
     cache.put((b"a", 1), first)
     cache.put((b"b", 1), _entry(frozenset({"y"})))
@@ -64,7 +64,7 @@ def test_dropped_entries_turn_invalid() -> None:
 
 
 def test_a_validity_is_one_per_tag_until_a_change_touches_the_tag() -> None:
-    cache = AnswerCache(1 << 20)
+    cache = AnswerCache(1 << 20, 1 << 20)
     web, db = cache.validity(("svc", "default", "web")), cache.validity(("svc", "default", "db"))
     assert cache.validity(("svc", "default", "web")) is web
     cache.invalidate([("svc", "default", "web")])
@@ -72,20 +72,21 @@ def test_a_validity_is_one_per_tag_until_a_change_touches_the_tag() -> None:
     again = cache.validity(("svc", "default", "web"))
     assert again is not web and again[0] == 1
     cache.clear()
-    assert (again[0], db[0], cache.bytes) == (0, 0, 0)
+    assert (again[0], db[0], cache.validity_bytes) == (0, 0, 0)
 
 
-def test_validities_and_entries_share_the_byte_bound() -> None:
+def test_validities_have_a_bound_of_their_own() -> None:
+    """A flood of first answers, each with a validity, pushes out the oldest validities only,
+    never the answers asked all the time."""
     entry = _entry(frozenset({"x"}))
-    cache = AnswerCache(ANSWER_OVERHEAD + 3 * VALIDITY_OVERHEAD + 100)
+    cache = AnswerCache(ANSWER_OVERHEAD + 100, 3 * VALIDITY_OVERHEAD)
     cache.put((b"a", 1), entry)
     made = [cache.validity(("svc", "default", f"name{i}")) for i in range(10)]
     assert [v[0] for v in made] == [0] * 7 + [1] * 3  # the oldest went first
-    assert entry.valid and cache.bytes <= cache.max_bytes
-    cache.put((b"b", 1), _entry(frozenset({"y"})))  # the oldest entry first, then validities
-    assert not entry.valid and cache.bytes <= cache.max_bytes
-    cache.invalidate(["y", *(("svc", "default", f"name{i}") for i in range(10))])
-    assert (len(cache), cache.bytes) == (0, 0)
+    assert entry.valid and cache.get((b"a", 1)) is entry
+    assert cache.validity_bytes == 3 * VALIDITY_OVERHEAD
+    cache.invalidate(["x", *(("svc", "default", f"name{i}") for i in range(10))])
+    assert (len(cache), cache.bytes, cache.validity_bytes) == (0, 0, 0)
 
 
 def test_the_packet_cache_keeps_to_its_bytes() -> None:
@@ -105,7 +106,7 @@ def test_the_bound_counts_what_entries_really_take() -> None:
     """What the caches count is never much less than what Python really allocates for them, so
     --cache-mb bounds the memory it says, nor much more, so the caches are not needlessly
     small."""
-    answers, packets = AnswerCache(1 << 30), PacketCache(1 << 30)
+    answers, packets = AnswerCache(1 << 30, 0), PacketCache(1 << 30)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -140,5 +141,6 @@ def test_the_bound_counts_what_first_answers_really_take() -> None:
             used = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        counted = responder.cache.bytes + responder.packets.bytes
+        counted = (responder.cache.bytes + responder.cache.validity_bytes
+                   + responder.packets.bytes)
         assert 0.9 * used <= counted <= 1.4 * used, (bound, used, counted)
