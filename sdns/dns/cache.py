@@ -154,21 +154,21 @@ def quick_reply(data: bytes, query: wire.Query, quick: Quick, ttl: int) -> bytes
     byte for byte what ``encode`` and ``Encoded.reply`` make of the same answer, without the
     entry. This runs on the UDP thread for a first question and must cost about what a cached
     one does: 1 to 2 us here against 7 us through an ``Encoded`` entry and the answer cache."""
-    flags = bytes((_AUTHORITATIVE | data[2] & 1, quick.rcode))
-    opt = query.opt
+    head = _AUTHORITATIVE | data[2] & 1, quick.rcode  # flags: RD echoed
+    opt = query.opt or b""
     question = data[wire.HEADER:query.end]
     soa = quick.soa
     if soa is not None:  # the SOA owned by the zone's name inside the question
         pointer = 0xC000 | (wire.HEADER + len(query.qname) - len(soa.zone))
-        counts = struct.pack(">HHHH", 1, 0, 1, opt is not None)
-        return (data[:2] + flags + counts + question + struct.pack(">H", pointer) + soa.record
-                + (opt or b""))
-    family, length = ((socket.AF_INET6, 16) if query.qtype == RecordType.AAAA
-                      else (socket.AF_INET, 4))
-    head = _OWNER_IS_QUESTION + struct.pack(">HHIH", query.qtype, wire.CLASS_IN, ttl, length)
-    records = b"".join(head + socket.inet_pton(family, ip) for ip in quick.addresses)
-    counts = struct.pack(">HHHH", 1, len(quick.addresses), 0, opt is not None)
-    return data[:2] + flags + counts + question + records + (opt or b"")
+        return b"".join((data[:2], struct.pack(">BBHHHH", *head, 1, 0, 1, len(opt) > 0),
+                         question, struct.pack(">H", pointer), soa.record, opt))
+    aaaa = query.qtype == RecordType.AAAA
+    owner = _OWNER_IS_QUESTION + struct.pack(">HHIH", query.qtype, wire.CLASS_IN, ttl,
+                                             16 if aaaa else 4)
+    family = socket.AF_INET6 if aaaa else socket.AF_INET
+    records = [owner + socket.inet_pton(family, ip) for ip in quick.addresses]
+    return b"".join((data[:2], struct.pack(">BBHHHH", *head, 1, len(records), 0, len(opt) > 0),
+                     question, *records, opt))
 
 
 class AnswerCache:
