@@ -171,7 +171,7 @@ class Zone:
 
         ``qname`` is the lowercased wire name. This runs on the UDP thread for every first
         question, so it reads only the labels below ``svc`` and compares plain ints: it took
-        6.5 us a question through every label and the enums, 3 us this way (2026-11-22)."""
+        6.5 us a question through every label and the enums, 3.6 us this way (2026-11-22)."""
         suffix = self._services_suffix
         if not qname.endswith(suffix) or qtype in _ZONE_TRANSFERS:
             return None
