@@ -59,10 +59,6 @@ class Encoded:
         self.records = _rotatable(self.rest, an) if ns == ar == 0 else None
 
     @property
-    def valid(self) -> bool:
-        return bool(self.validity[0])
-
-    @property
     def rotates(self) -> bool:
         return self.records is not None
 

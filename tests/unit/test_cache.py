@@ -57,10 +57,10 @@ def test_dropped_entries_turn_invalid() -> None:
     first = _entry(frozenset({"x"}))
     cache.put((b"a", 1), first)
     cache.put((b"b", 1), _entry(frozenset({"y"})))
-    assert first.valid is False
+    assert first.validity[0] == 0
     second = cache.get((b"b", 1))
     cache.invalidate(["y"])
-    assert second.valid is False
+    assert second.validity[0] == 0
 
 
 def test_a_validity_is_one_per_tag_until_a_change_touches_the_tag() -> None:
@@ -83,7 +83,7 @@ def test_validities_have_a_bound_of_their_own() -> None:
     cache.put((b"a", 1), entry)
     made = [cache.validity(("svc", "default", f"name{i}")) for i in range(10)]
     assert [v[0] for v in made] == [0] * 7 + [1] * 3  # the oldest went first
-    assert entry.valid and cache.get((b"a", 1)) is entry
+    assert entry.validity[0] == 1 and cache.get((b"a", 1)) is entry
     assert cache.validity_bytes == 3 * VALIDITY_OVERHEAD
     cache.invalidate(["x", *(("svc", "default", f"name{i}") for i in range(10))])
     assert (len(cache), cache.bytes, cache.validity_bytes) == (0, 0, 0)
