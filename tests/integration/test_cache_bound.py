@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import dns.message
 
+from bench.report import rss_mb
 from tests.helpers.metrics import scrape, value
 from tests.helpers.support import SdnsProcess
 
@@ -18,13 +18,6 @@ MakeSdns = Callable[..., SdnsProcess]
 CACHE_MB = 8
 FLOOD = 60_000  # about 40 MB of answers if nothing bounded them
 IN_FLIGHT = 64
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def _flood(port: int, names: list[str], seconds: float = 60) -> int:
@@ -52,12 +45,12 @@ def test_a_flood_of_new_names_stays_within_the_cache_bound(make_sdns: MakeSdns) 
     process = make_sdns("--cache-mb", str(CACHE_MB))
     process.api.put("/v1/services/default/web", {})
     # names the UDP thread answers (under a service that does not exist), and names only the
-    # loop's full path answers (under a namespace, in no service), alternately
+    # loop's full path answers (in the cluster zone but outside svc), alternately
     names = [f"r{i}.default.svc.cluster.local" if i % 2 else f"r{i}.x.r{i}.cluster.local"
              for i in range(FLOOD)]
     _flood(process.dns_port, names[:2_000])  # the paths have run once: code and buffers are in
-    loaded = _rss_mb(process.process.pid)
+    loaded = rss_mb(process.process.pid)
     assert _flood(process.dns_port, names) > 0.95 * FLOOD
-    grown = _rss_mb(process.process.pid) - loaded
+    grown = rss_mb(process.process.pid) - loaded
     assert grown <= 1.2 * CACHE_MB, f"RSS grew {grown:.1f} MB with --cache-mb {CACHE_MB}"
     assert value(scrape(process.api.base), "sdns_cache_evictions_total") > 0  # it was reached
