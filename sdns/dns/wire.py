@@ -6,6 +6,7 @@ Nothing here builds a dnslib object; a cached answer is bytes plus a few integer
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -203,6 +204,11 @@ def labels(qname: bytes) -> tuple[bytes, ...]:
         out.append(qname[pos + 1:pos + 1 + length])
         pos += length + 1
     return tuple(out)
+
+
+def name(labels: Iterable[bytes]) -> bytes:
+    """The wire form of the name made of ``labels`` (root excluded), uncompressed."""
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
 
 
 def labels_before(qname: bytes, end: int) -> list[bytes] | None:

@@ -49,7 +49,7 @@ class Soa:
         buffer = DNSBuffer()
         rr.rdata.pack(buffer)
         data = bytes(buffer.data)
-        zone = b"".join(bytes((len(label),)) + label for label in rr.rname.label) + b"\0"
+        zone = wire.name(rr.rname.label)
         return cls(zone, struct.pack(">HHIH", RecordType.SOA, 1, rr.ttl, len(data)) + data)
 
 
@@ -126,8 +126,7 @@ class Zone:
             for zone in (self.origin, _REVERSE_V4, _REVERSE_V6)
         }
         self._negative_soas = {zone: Soa.of(rr) for zone, rr in self._soas.items()}
-        self._services_suffix = b"".join(bytes((len(label),)) + label
-                                         for label in (b"svc", *self.origin)) + b"\0"
+        self._services_suffix = wire.name((b"svc", *self.origin))
 
     def answer(self, labels: tuple[bytes, ...], qtype: int) -> Answer | None:
         """The answer for a lowercased name, or None when the name is not ours. A CNAME to a
