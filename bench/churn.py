@@ -1,12 +1,13 @@
 """Churn: many endpoints held by leases that keep being renewed, and DNS while they are.
 
-On each backend: ``--leases`` leases (ttl 30 s) each holding ``--endpoints / --leases``
-endpoints of a ClusterIP service of its own, registered as whole endpoint sets. Then, for
-``--hold`` seconds, dnsperf asks the services' names in windows of ``--window`` seconds,
-alternating windows in which every lease is renewed once per ``--renew-every`` seconds (spread
-evenly) with windows without renewals. A renewal changes no answer, so DNS should not notice:
-the figure is the median QPS of the windows with renewals over the median of those without.
-At the end every lease must still hold all its endpoints.
+On each backend: ``--leases`` leases (ttl ``LEASE_TTL``) each holding ``--endpoints /
+--leases`` endpoints of a ClusterIP service of its own, registered as whole endpoint sets.
+Then, for ``--hold`` seconds, dnsperf asks the services' names in windows of ``--window``
+seconds, alternating windows in which the leases are renewed at the steady rate (each once per
+``--renew-every`` seconds of renewing, spread evenly) with windows without renewals. A renewal
+changes no answer, so DNS should not notice: the figure is the median QPS of the windows with
+renewals over the median of those without. At the end every lease must still hold all its
+endpoints.
 """
 
 from __future__ import annotations
@@ -30,17 +31,21 @@ from bench.report import median, table, write_section
 from tests.helpers.support import SdnsProcess
 
 ZONE = "svc.cluster.local"
-LEASE_TTL = 30
+# Renewals pause in every other window, so a lease waits about twice ``--renew-every`` between
+# two: a ttl of three times that is the margin a sidekick renewing every 10 s with a ttl of 30
+# s would have. With 30 s here, the wait came within seconds of the ttl.
+LEASE_TTL = 60
 
 
-async def _register(base: str, leases: int, per_lease: int, ids: list[str]) -> None:
-    """The leases, each holding the endpoints of service ``churn-<i>``; their ids go into
-    ``ids`` as they are made, for the renewer that runs meanwhile."""
+async def _register(base: str, leases: int, per_lease: int,
+                    made: list[tuple[str, float]]) -> None:
+    """The leases, each holding the endpoints of service ``churn-<i>``; their ids and when
+    they were made go into ``made`` as they are made, for the renewer that runs meanwhile."""
     async with aiohttp.ClientSession(base) as session:
         async def one(i: int) -> str:
-            async with session.post("/v1/leases", json={"ttl": LEASE_TTL}) as made:
-                lease = (await made.json())["id"]
-            ids.append(lease)
+            async with session.post("/v1/leases", json={"ttl": LEASE_TTL}) as reply:
+                lease = (await reply.json())["id"]
+            made.append((lease, time.monotonic()))
             path = f"/v1/services/default/churn-{i}"
             body = {"clusterIP": vip(i), "ports": [{"name": "http", "port": 80}]}
             async with session.put(path, json=body) as reply:
@@ -55,14 +60,18 @@ async def _register(base: str, leases: int, per_lease: int, ids: list[str]) -> N
             await asyncio.gather(*(one(i) for i in range(start, min(leases, start + 50))))
 
 
-async def _renew(base: str, leases: list[str], every: float, stopping: threading.Event,
-                 renewing: threading.Event, counts: list[float]) -> None:
-    """Renew each lease once per ``every`` seconds, spread evenly, while ``renewing`` is
-    set; counts[0] renewals done, counts[1] failed, counts[2] the slowest in seconds.
-    ``leases`` may still be growing."""
+async def _renew(base: str, leases: list[tuple[str, float]], every: float,
+                 stopping: threading.Event, renewing: threading.Event,
+                 counts: list[float]) -> None:
+    """Renew each lease once per ``every`` seconds of renewing, spread evenly, while
+    ``renewing`` is set. counts[0] renewals done, counts[1] failed, counts[2] the slowest in
+    seconds, counts[3] the longest a lease went between two renewals (or since it was made),
+    which must stay below its ttl for a lost lease to be sdns's fault. ``leases`` may still be
+    growing."""
     # ahead of dnsperf on the core they share, so that renewals go out on time, as a
     # sidekick's on another machine would (behind it, some leases lapsed)
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -5)
+    last: dict[str, float] = {}
     async with aiohttp.ClientSession(base) as session:
         flying: set[asyncio.Task[None]] = set()
 
@@ -71,20 +80,31 @@ async def _renew(base: str, leases: list[str], every: float, stopping: threading
             async with session.post(f"/v1/leases/{lease}/renew") as reply:
                 counts[0 if reply.status == 200 else 1] += 1
             counts[2] = max(counts[2], time.monotonic() - sent)
+            counts[3] = max(counts[3], sent - last[lease])
+            last[lease] = sent
 
         turn = 0
         while not stopping.is_set():
             if not renewing.is_set() or not leases:
                 await asyncio.sleep(0.05)
                 continue
-            # on schedule, whatever the last one takes: a store's round trip under load
-            # can outlast the gap between two renewals
-            task = asyncio.create_task(renew(leases[turn % len(leases)]))
-            flying.add(task)
-            task.add_done_callback(flying.discard)
-            turn += 1
-            await asyncio.sleep(every / len(leases))
+            # on a schedule kept from the window's start, whatever each renewal takes (a
+            # store's round trip under load can outlast the gap between two renewals) and
+            # however late the loop wakes: a renewer that drifts renews fewer leases per
+            # window, and with windows paused between, some leases would outlive their ttl
+            due = time.monotonic()
+            while renewing.is_set() and not stopping.is_set():
+                lease, made = leases[turn % len(leases)]
+                last.setdefault(lease, made)
+                task = asyncio.create_task(renew(lease))
+                flying.add(task)
+                task.add_done_callback(flying.discard)
+                turn += 1
+                due += every / len(leases)
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
         await asyncio.gather(*flying)
+    now = time.monotonic()
+    counts[3] = max([counts[3], *(now - at for at in last.values())])
 
 
 async def _still_held(base: str, leases: list[str]) -> int:
@@ -108,8 +128,9 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
                               "--log-level", "warning").start()
         stack.callback(process.stop)
         per_lease = args.endpoints // args.leases
-        leases: list[str] = []
-        renewing, stopping, counts = threading.Event(), threading.Event(), [0, 0, 0.0]
+        leases: list[tuple[str, float]] = []
+        renewing, stopping = threading.Event(), threading.Event()
+        counts = [0, 0, 0.0, 0.0]
         renewing.set()  # from the first lease on: loading a slow store outlasts a ttl
         renewer = threading.Thread(target=asyncio.run, args=(_renew(
             process.api.base, leases, args.renew_every, stopping, renewing, counts),))
@@ -123,7 +144,7 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
         queries.write_text("".join(f"churn-{i}.default.{ZONE} A\n" for i in range(args.leases)))
         server = Server(process.dns_port, process.process.pid)
         dnsperf(server, queries, 60, passes=1)  # answers are built on a miss
-        counts[:] = [0, 0, 0.0]  # renewals during the timed windows only
+        counts[:3] = [0, 0, 0.0]  # renewals during the timed windows only
         quiet, busy = [], []
         try:
             for window in range(max(2, args.hold // args.window)):
@@ -131,9 +152,12 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
                     renewing.set()
                 else:
                     renewing.clear()
-                (busy if window % 2 else quiet).append(dnsperf(server, queries, args.window)[0])
+                # a window with lost queries would wait dnsperf's default 5 s for them,
+                # stretching the pause between two renewals of a lease towards its ttl
+                measured = dnsperf(server, queries, args.window, timeout=1)[0]
+                (busy if window % 2 else quiet).append(measured)
             renewing.set()  # while the leases are counted
-            held = asyncio.run(_still_held(process.api.base, leases))
+            held = asyncio.run(_still_held(process.api.base, [i for i, _ in leases]))
         finally:
             stopping.set()
             renewer.join()
@@ -141,6 +165,7 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
         per_cpu = [median([r.qps / r.cpu for r in runs]) for runs in (quiet, busy)]
         return (backend, f"{per_lease * args.leases:,}", args.leases, f"{loaded:.0f} s",
                 f"{counts[0]:,} ({counts[1]} failed)", f"{counts[2] * 1000:,.0f}",
+                f"{counts[3]:.1f}",
                 f"{qps[0]:,.0f}", f"{qps[1]:,.0f}",
                 f"{qps[1] / qps[0]:.2f}x", f"{per_cpu[1] / per_cpu[0]:.2f}x",
                 f"{per_lease * args.leases - held:,}")
@@ -172,9 +197,11 @@ def main() -> None:
         f"`{command}` on {platform.node()}, {time.strftime('%Y-%m-%d')}: each lease holds the "
         "endpoints of one ClusterIP service; dnsperf asks the services' names (sdns on core 0; "
         "dnsperf, the renewing client and the store on core 1) in windows that alternate "
-        "renewing every lease once per period with not renewing; medians of the windows.",
+        "renewing every lease once per period with not renewing, so a lease waits about two "
+        f"periods between renewals (its ttl is {LEASE_TTL} s); medians of the windows.",
         table(["backend", "endpoints", "leases", "registered in", "renewals",
-               "slowest renewal, ms", "DNS QPS without renewals", "with renewals", "ratio",
+               "slowest renewal, ms", f"longest unrenewed, s (ttl {LEASE_TTL})",
+               "DNS QPS without renewals", "with renewals", "ratio",
                "ratio per sdns CPU second", "endpoints lost"], rows),
     ]))
 

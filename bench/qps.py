@@ -188,7 +188,8 @@ def query_files(workdir: Path, services: int) -> dict[str, Path]:
 
 
 def dnsperf(server: Server, queries: Path, seconds: int, rate: int | None = None,
-            verbose: bool = False, passes: int | None = None) -> tuple[Run, list[float]]:
+            verbose: bool = False, passes: int | None = None,
+            timeout: int | None = None) -> tuple[Run, list[float]]:
     command = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(server.port),
                "-d", str(queries), "-c", str(CLIENTS), "-q", str(OUTSTANDING), "-l",
                str(seconds)]
@@ -196,6 +197,8 @@ def dnsperf(server: Server, queries: Path, seconds: int, rate: int | None = None
         command += ["-n", str(passes)]
     if rate:
         command += ["-Q", str(rate)]
+    if timeout:
+        command += ["-t", str(timeout)]
     if verbose:
         command.append("-v")
     cpu_before = cpu_seconds(server.pid)
