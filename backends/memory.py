@@ -219,8 +219,8 @@ class MemoryBackend:
         if old is not None:
             self._release(key, old)
         endpoints[endpoint.id] = endpoint
-        if endpoint.lease is not None:
-            self._leases[endpoint.lease].holders.add((key, endpoint.id))
+        if endpoint.lease is not None:  # with the service's own key, not a copy per write
+            self._leases[endpoint.lease].holders.add((self._services[key].key, endpoint.id))
 
     def _release(self, key: ServiceKey, endpoint: Endpoint) -> None:
         """``endpoint`` is going: its lease holds it no longer."""

@@ -95,10 +95,12 @@ class View:
 
     def apply(self, event: Event) -> Change:
         self.revision = event.revision
-        key = event.key
+        service = self._services.get(event.key)
+        # the service's own key object, not the one each write's path made: every endpoint
+        # indexed by address holds its key, and a copy each costs some 170 bytes
+        key = event.key if service is None else service.key
         if event.endpoint_id is None:
-            old_service = self._services.get(key)
-            ips = set(old_service.cluster_ips) if old_service else set()
+            ips = set(service.cluster_ips) if service else set()
             if isinstance(event.value, Service):
                 self._put_service(event.value)
                 ips.update(event.value.cluster_ips)
