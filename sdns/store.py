@@ -115,7 +115,8 @@ class Backend(Protocol):
         ...
 
     async def delete_lease(self, lease_id: str) -> int:
-        """Delete the lease and its endpoints; the revision of that change. ``NotFound``."""
+        """Delete the lease and its endpoints; the revision of that change (when it held none,
+        any revision the view has reached, 0 included). ``NotFound``."""
         ...
 
     # Replicas: who serves from this store, for the status page and for sharing work

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import dns.rcode
@@ -112,6 +113,27 @@ def test_renewals_and_heartbeats_add_nothing_to_the_watch(sdns: SdnsProcess, ns:
             ("service", "marker")]
     finally:
         watch.close()
+
+
+def test_concurrent_renewals_each_get_their_own_outcome(sdns: SdnsProcess) -> None:
+    """Renewals that arrive together may go to the store together (ZooKeeper: one multi);
+    a lease deleted among them fails alone."""
+    leases = [_lease(sdns, 30) for _ in range(40)]
+    gone = {lease["id"] for lease in leases[::8]}
+    for lease_id in gone:
+        assert sdns.api.delete(f"/v1/leases/{lease_id}").status == 204
+    with ThreadPoolExecutor(len(leases)) as pool:
+        replies = list(pool.map(lambda lease: sdns.api.post(f"/v1/leases/{lease['id']}/renew"),
+                                leases))
+    for lease, reply in zip(leases, replies, strict=True):
+        if lease["id"] in gone:
+            assert reply.status == 404, reply.body
+        else:
+            assert reply.status == 200, reply.body
+            assert _unix(reply.body["expiresAt"]) > _unix(lease["expiresAt"])
+            shown = _unix(sdns.api.get(f"/v1/leases/{lease['id']}").body["expiresAt"])
+            # etcd tells a lease's time to live in whole seconds
+            assert _unix(reply.body["expiresAt"]) - 1 <= shown <= _unix(reply.body["expiresAt"])
 
 
 def test_a_lease_shows_its_endpoints_and_they_show_its_deadline(sdns: SdnsProcess,
