@@ -79,6 +79,15 @@ class _Waiting:
     done: asyncio.Future[int]
 
 
+@dataclass(slots=True)
+class _Renewal:
+    """A versioned set of a lease's data waiting for the next multi of them."""
+
+    lease: Lease  # as it will be written
+    version: int  # of the lease znode it replaces
+    done: asyncio.Future[int]  # the version written
+
+
 @dataclass(frozen=True, slots=True)
 class _Op:
     """One operation of a write transaction; ``conflict`` is raised when it fails, and None
@@ -104,6 +113,8 @@ class ZooKeeperBackend:
         self._version: int | None = None  # of the revision znode after this replica's commit
         self._renewed: dict[str, tuple[Lease, int]] = {}  # lease id -> (as written, version)
         self._committing: asyncio.Task[None] | None = None
+        self._renewals: list[_Renewal] = []
+        self._renewing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
         self._log_written = asyncio.Event()
@@ -173,8 +184,9 @@ class ZooKeeperBackend:
 
     async def close(self) -> None:
         self._stopping.set()
-        for task in [*self._tasks, *([self._committing] if self._committing else [])]:
-            await cancel(task)
+        for task in [*self._tasks, self._committing, self._renewing]:
+            if task is not None:
+                await cancel(task)
         await asyncio.to_thread(self.zk.stop)
         self.zk.close()
 
@@ -591,15 +603,14 @@ class ZooKeeperBackend:
             # version says), it is still alive, and one set renews it
             renewed = replace(known[0], expires_at=time.time() + known[0].ttl)
             try:
-                stat = await self._call("set", self._lease_path(lease_id), _lease_data(renewed),
-                                        known[1])
+                version = await self._set_lease(renewed, known[1])
             except BadVersionError:
                 pass  # renewed through another replica: read it
             except NoNodeError:
                 self._renewed.pop(lease_id, None)
                 raise NotFound(f"lease {lease_id} not found (expired?)") from None
             else:
-                self._remember(renewed, stat.version)
+                self._remember(renewed, version)
                 return renewed
         for _ in range(WRITE_ATTEMPTS):
             found = await self._read_lease(lease_id)
@@ -608,16 +619,59 @@ class ZooKeeperBackend:
                 raise NotFound(f"lease {lease_id} not found (expired?)")
             renewed = replace(found[0], expires_at=time.time() + found[0].ttl)
             try:
-                stat = await self._call("set", self._lease_path(lease_id),
-                                        _lease_data(renewed), found[1].version)
+                version = await self._set_lease(renewed, found[1].version)
             except BadVersionError:
                 continue  # renewed or reaped meanwhile: read again
             except NoNodeError:
                 break
-            self._remember(renewed, stat.version)
+            self._remember(renewed, version)
             return renewed
         self._renewed.pop(lease_id, None)
         raise NotFound(f"lease {lease_id} not found (expired?)")
+
+    async def _set_lease(self, lease: Lease, version: int) -> int:
+        """Write ``lease``'s data over ``version`` and return the new version, or raise what
+        the set alone would (BadVersionError, NoNodeError). Sets that arrive while one is in
+        flight go together in the next multi: through kazoo, a multi of 32 sets cost 22 us of
+        CPU per set, one set alone 231 us."""
+        renewal = _Renewal(lease, version, asyncio.get_running_loop().create_future())
+        self._renewals.append(renewal)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew_waiting(), name="zookeeper-renew")
+        return await renewal.done
+
+    async def _renew_waiting(self) -> None:
+        while self._renewals:
+            batch, self._renewals = self._renewals[:MAX_BATCH], self._renewals[MAX_BATCH:]
+            try:
+                if len(batch) > 1:
+                    transaction = self.zk.transaction()
+                    for renewal in batch:
+                        transaction.set_data(self._lease_path(renewal.lease.id),
+                                             _lease_data(renewal.lease), renewal.version)
+                    results = await self._bridge(transaction.commit_async)
+                    if _failed_at(results) is None:
+                        for renewal, stat in zip(batch, results, strict=True):
+                            settle(renewal.done, stat.version)
+                        continue
+                # alone, or one set failed the multi (a lease renewed elsewhere, or gone) and
+                # nothing was written: each on its own, for its own outcome
+                outcomes = await asyncio.gather(
+                    *(self._call("set", self._lease_path(r.lease.id), _lease_data(r.lease),
+                                 r.version) for r in batch), return_exceptions=True)
+                for renewal, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        settle(renewal.done, 0, outcome)
+                    else:
+                        settle(renewal.done, outcome.version)
+            except Exception as error:  # ZooKeeper out of reach: the batch's renewals hear it
+                for renewal in batch:
+                    settle(renewal.done, 0, error)
+            except BaseException:  # closing: so does every renewal still waiting
+                for renewal in (*batch, *self._renewals):
+                    settle(renewal.done, 0, BackendUnavailable("zookeeper: closing"))
+                self._renewals = []
+                raise
 
     async def get_lease(self, lease_id: str) -> Lease | None:
         found, holders = await asyncio.gather(self._read_lease(lease_id),
