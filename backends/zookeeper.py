@@ -336,24 +336,16 @@ class ZooKeeperBackend:
         return await waiting.done
 
     async def _commit_waiting(self) -> None:
-        while self._waiting:
-            batch = [w for w in self._waiting[:MAX_BATCH] if not w.done.done()]
-            self._waiting = self._waiting[MAX_BATCH:]
-            try:
-                if len(batch) < 2 or not await self._commit_together(batch):
-                    for waiting in batch:  # one at a time: each gets its own outcome
-                        try:
-                            settle(waiting.done, await self._commit_alone(waiting.plan))
-                        except Exception as error:  # handed to the writer that waits for it
-                            settle(waiting.done, 0, error)
-            except Exception as error:  # ZooKeeper out of reach: the batch's writers hear it
-                for waiting in batch:
+        await _in_batches(self._waiting, self._commit_batch)
+
+    async def _commit_batch(self, batch: list[_Waiting]) -> None:
+        batch = [w for w in batch if not w.done.done()]
+        if len(batch) < 2 or not await self._commit_together(batch):
+            for waiting in batch:  # one at a time: each gets its own outcome
+                try:
+                    settle(waiting.done, await self._commit_alone(waiting.plan))
+                except Exception as error:  # handed to the writer that waits for it
                     settle(waiting.done, 0, error)
-            except BaseException:  # closing: so does every writer still waiting
-                for waiting in (*batch, *self._waiting):
-                    settle(waiting.done, 0, BackendUnavailable("zookeeper: closing"))
-                self._waiting = []
-                raise
 
     async def _commit_together(self, batch: list[_Waiting]) -> bool:
         """The whole batch as one multi, each write with its own revision and log entry;
@@ -657,37 +649,29 @@ class ZooKeeperBackend:
         return await renewal.done
 
     async def _renew_waiting(self) -> None:
-        while self._renewals:
-            batch, self._renewals = self._renewals[:MAX_BATCH], self._renewals[MAX_BATCH:]
-            try:
-                if len(batch) > 1:
-                    transaction = self.zk.transaction()
-                    for renewal in batch:
-                        transaction.set_data(self._lease_path(renewal.lease.id),
-                                             _lease_data(renewal.lease), renewal.version)
-                    results = await self._bridge(transaction.commit_async)
-                    if _failed_at(results) is None:
-                        for renewal, stat in zip(batch, results, strict=True):
-                            settle(renewal.done, stat.version)
-                        continue
-                # alone, or one set failed the multi (a lease renewed elsewhere, or gone) and
-                # nothing was written: each on its own, for its own outcome
-                outcomes = await asyncio.gather(
-                    *(self._call("set", self._lease_path(r.lease.id), _lease_data(r.lease),
-                                 r.version) for r in batch), return_exceptions=True)
-                for renewal, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        settle(renewal.done, 0, outcome)
-                    else:
-                        settle(renewal.done, outcome.version)
-            except Exception as error:  # ZooKeeper out of reach: the batch's renewals hear it
-                for renewal in batch:
-                    settle(renewal.done, 0, error)
-            except BaseException:  # closing: so does every renewal still waiting
-                for renewal in (*batch, *self._renewals):
-                    settle(renewal.done, 0, BackendUnavailable("zookeeper: closing"))
-                self._renewals = []
-                raise
+        await _in_batches(self._renewals, self._renew_batch)
+
+    async def _renew_batch(self, batch: list[_Renewal]) -> None:
+        if len(batch) > 1:
+            transaction = self.zk.transaction()
+            for renewal in batch:
+                transaction.set_data(self._lease_path(renewal.lease.id),
+                                     _lease_data(renewal.lease), renewal.version)
+            results = await self._bridge(transaction.commit_async)
+            if _failed_at(results) is None:
+                for renewal, stat in zip(batch, results, strict=True):
+                    settle(renewal.done, stat.version)
+                return
+        # alone, or one set failed the multi (a lease renewed elsewhere, or gone) and nothing
+        # was written: each on its own, for its own outcome
+        outcomes = await asyncio.gather(
+            *(self._call("set", self._lease_path(r.lease.id), _lease_data(r.lease), r.version)
+              for r in batch), return_exceptions=True)
+        for renewal, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                settle(renewal.done, 0, outcome)
+            else:
+                settle(renewal.done, outcome.version)
 
     async def get_lease(self, lease_id: str) -> Lease | None:
         found, holders = await asyncio.gather(self._read_lease(lease_id),
@@ -830,6 +814,27 @@ class ZooKeeperBackend:
                 await self._call("delete", self._log_path(trimmed))
             trimmed += 1
         return trimmed
+
+
+async def _in_batches(pending: list[Any], run: Callable[[list[Any]], Awaitable[None]]
+                      ) -> None:
+    """Take ``pending`` (writes or renewals, each with a ``done`` future; more may come
+    meanwhile) in batches of MAX_BATCH until it is empty, and ``run`` each batch, which settles
+    them. If ZooKeeper is out of reach, the batch hears it; if this is cancelled, every one
+    still waiting hears that the store is closing."""
+    while pending:
+        batch = pending[:MAX_BATCH]
+        del pending[:MAX_BATCH]
+        try:
+            await run(batch)
+        except Exception as error:
+            for waiting in batch:
+                settle(waiting.done, 0, error)
+        except BaseException:
+            for waiting in (*batch, *pending):
+                settle(waiting.done, 0, BackendUnavailable("zookeeper: closing"))
+            pending.clear()
+            raise
 
 
 def _size(ops: list[_Op], entry: bytes) -> int:
