@@ -163,6 +163,12 @@ class Zone:
             found = self._node(target)
             assert found is not None  # a name of the cluster zone
 
+    def service_name(self, key: ServiceKey) -> bytes:
+        """The wire form of the name of service ``key``."""
+        name, namespace = key.name.encode(), key.namespace.encode()
+        return bytes((len(name),)) + name + bytes((len(namespace),)) + namespace + \
+            self._services_suffix
+
     def quick(self, qname: bytes, qtype: int) -> Quick | None:
         """The answer to the commonest first questions, as ``answer`` gives it but with no
         records to build: a name under a service that does not exist (NXDOMAIN), and the

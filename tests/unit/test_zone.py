@@ -21,6 +21,8 @@ from sdns.dns.zone import Zone
 from sdns.model import (
     Endpoint,
     Event,
+    IPFamily,
+    IPFamilyPolicy,
     Protocol,
     Service,
     ServiceKey,
@@ -309,3 +311,45 @@ def test_first_answers_made_on_the_udp_thread_follow_changes() -> None:
             responder.changed(responder.zone.view.apply(event))
     assert served(ask_web) == ("NOERROR", ["10.96.0.21"])
     assert served(ask_new) == ("NOERROR", ["10.96.0.22"])
+
+
+def test_prepared_replies_are_first_answers_made_before_the_question() -> None:
+    """A ClusterIP service's address, asked as stub resolvers ask (RD, no EDNS, lowercase),
+    is answered from a reply made when the change was applied: the same bytes as the first
+    answer made on the UDP thread, following every change, gone with the service."""
+    responder = _responder()
+    with responder.zone.view.lock:  # as the watcher does after loading
+        responder.reloaded()
+    dual = Service(NS, "dual", cluster_ips=("10.96.0.30", "fd96::30"),
+                   ip_families=(IPFamily.IPV4, IPFamily.IPV6),
+                   ip_family_policy=IPFamilyPolicy.REQUIRE_DUAL_STACK)
+
+    def apply(*events: Event) -> None:
+        with responder.zone.view.lock:
+            for event in events:
+                responder.changed(responder.zone.view.apply(event))
+
+    def asked(name: str, rdtype: str) -> tuple[bytes, bytes | None]:
+        data = dns.message.make_query(f"{name}.{NS}.{Z}", rdtype, id=77).to_wire()
+        return data, responder.prepared.get(data[2:])
+
+    def check(name: str, rdtype: str, addresses: list[str]) -> None:
+        data, ready = asked(name, rdtype)
+        assert ready is not None
+        first = Responder(responder.zone, cache_bytes=1 << 24).cached_reply(data)
+        assert responder.cached_reply(data) == data[:2] + ready == first
+        message = dns.message.from_wire(first)
+        assert [rd.address for rrset in message.answer for rd in rrset] == addresses
+
+    apply(Event(2, "put", dual.key, value=dual))
+    check("web", "A", ["10.96.0.20"])
+    check("dual", "A", ["10.96.0.30"])
+    check("dual", "AAAA", ["fd96::30"])
+    assert asked("web", "AAAA")[1] is None  # NODATA: made when asked
+    assert asked("db", "A")[1] is None  # headless: its endpoints, made when asked
+    apply(Event(3, "put", WEB, value=Service(NS, "web", cluster_ips=("10.96.0.21",))))
+    check("web", "A", ["10.96.0.21"])
+    apply(Event(4, "delete", WEB, "e1"), Event(5, "delete", WEB))
+    assert asked("web", "A")[1] is None
+    gone = responder.cached_reply(asked("web", "A")[0])
+    assert gone is not None and dns.message.from_wire(gone).rcode() == dns.rcode.NXDOMAIN
