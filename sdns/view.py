@@ -21,6 +21,7 @@ class Change:
     revision: int
     key: ServiceKey
     ips: frozenset[str]
+    endpoint_id: str | None = None  # None when the event was the service's own
 
 
 class View:
@@ -115,7 +116,7 @@ class View:
             else:
                 self._delete_endpoint(key, event.endpoint_id)
         ips.discard("")
-        return Change(event.revision, key, frozenset(ips))
+        return Change(event.revision, key, frozenset(ips), event.endpoint_id)
 
     def _put_service(self, service: Service) -> None:
         key = service.key

@@ -180,9 +180,7 @@ class Responder:
 
     def changed(self, change: Change) -> None:
         self.cache.invalidate(change_tags(change))
-        service = self.zone.view.service(change.key)
-        # an endpoint's change leaves the service's address as it was
-        if service is None or not change.ips.isdisjoint(service.cluster_ips):
+        if change.endpoint_id is None:  # an endpoint's change leaves the address as it was
             self._prepare(change.key)
 
     def reloaded(self) -> None:

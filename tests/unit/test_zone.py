@@ -349,7 +349,9 @@ def test_prepared_replies_are_first_answers_made_before_the_question() -> None:
     assert asked("db", "A")[1] is None  # headless: its endpoints, made when asked
     apply(Event(3, "put", WEB, value=Service(NS, "web", cluster_ips=("10.96.0.21",))))
     check("web", "A", ["10.96.0.21"])
-    apply(Event(4, "delete", WEB, "e1"), Event(5, "delete", WEB))
+    apply(Event(4, "put", dual.key, value=Service(NS, "dual", ServiceType.HEADLESS)))
+    assert asked("dual", "A")[1] is None and asked("dual", "AAAA")[1] is None
+    apply(Event(5, "delete", WEB, "e1"), Event(6, "delete", WEB))
     assert asked("web", "A")[1] is None
     gone = responder.cached_reply(asked("web", "A")[0])
     assert gone is not None and dns.message.from_wire(gone).rcode() == dns.rcode.NXDOMAIN
