@@ -199,7 +199,7 @@ class Responder:
         ips = () if service is None else service.cluster_ips
         qname = self.zone.service_name(key)
         v4 = tuple(ip for ip in ips if ":" not in ip)
-        v6 = tuple(ip for ip in ips if ":" in ip) if len(v4) < len(ips) else ()
+        v6 = tuple(ip for ip in ips if ":" in ip)
         for suffix, qtype, addresses in ((_A_IN, _A, v4), (_AAAA_IN, _AAAA, v6)):
             question = _PREPARED_HEADER + qname + suffix
             if not addresses:  # NODATA, asked rarely: made when asked

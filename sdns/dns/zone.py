@@ -165,9 +165,7 @@ class Zone:
 
     def service_name(self, key: ServiceKey) -> bytes:
         """The wire form of the name of service ``key``."""
-        name, namespace = key.name.encode(), key.namespace.encode()
-        return bytes((len(name),)) + name + bytes((len(namespace),)) + namespace + \
-            self._services_suffix
+        return wire.name((key.name.encode(), key.namespace.encode(), b"svc", *self.origin))
 
     def quick(self, qname: bytes, qtype: int) -> Quick | None:
         """The answer to the commonest first questions, as ``answer`` gives it but with no
