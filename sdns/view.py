@@ -51,6 +51,9 @@ class View:
     def service(self, key: ServiceKey) -> Service | None:
         return self._services.get(key)
 
+    def has_service(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._services  # a ServiceKey equals its plain tuple
+
     def services(self) -> Iterable[Service]:
         return self._services.values()
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from sdns.dns import tally, wire
-from sdns.dns.wire import RecordType
-from sdns.dns.zone import Answer, Quick, Tag
+from sdns.dns.wire import Rcode, RecordType
+from sdns.dns.zone import Answer, Quick, Soa, Tag
 
 Key = tuple[bytes, int]
 
@@ -165,6 +165,23 @@ def quick_reply(data: bytes, query: wire.Query, quick: Quick, ttl: int) -> bytes
     records = [owner + socket.inet_pton(family, ip) for ip in quick.addresses]
     return b"".join((data[:2], struct.pack(">BBHHHH", *head, 1, len(records), 0, len(opt) > 0),
                      question, *records, opt))
+
+
+class Denials:
+    """NXDOMAIN replies to questions asked as stub resolvers ask (RD, no EDNS) for names under
+    the zone of ``soa``: byte for byte what ``quick_reply`` makes of the same question and
+    answer, by joining the query's ID and question with two constant parts."""
+
+    def __init__(self, soa: Soa) -> None:
+        self._head = struct.pack(">BBHHHH", _AUTHORITATIVE | 1, Rcode.NXDOMAIN, 1, 0, 1, 0)
+        # by the length of the question's name: the SOA, owned by the zone's name in it
+        self._tails = [struct.pack(">H", 0xC000 | (wire.HEADER + length - len(soa.zone)))
+                       + soa.record if length >= len(soa.zone) else b""
+                       for length in range(256)]
+
+    def reply(self, data: bytes) -> bytes:
+        """The reply to ``data``, a query with nothing after its question."""
+        return data[:2] + self._head + data[wire.HEADER:] + self._tails[len(data) - 16]
 
 
 class AnswerCache:

@@ -32,6 +32,8 @@ _PROTOCOL_LABELS = {b"_" + p.value.lower().encode(): p for p in Protocol}
 # costs about 90 ns on Python 3.11
 _A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
 _ZONE_TRANSFERS = frozenset({int(RecordType.AXFR), int(RecordType.IXFR)})
+_TRANSFER_TYPES = frozenset(struct.pack(">H", qtype) for qtype in _ZONE_TRANSFERS)
+_CLASS_IN = struct.pack(">H", wire.CLASS_IN)
 
 Tag = Hashable
 
@@ -166,6 +168,35 @@ class Zone:
     def service_name(self, key: ServiceKey) -> bytes:
         """The wire form of the name of service ``key``."""
         return wire.name((key.name.encode(), key.namespace.encode(), b"svc", *self.origin))
+
+    @property
+    def origin_soa(self) -> Soa:
+        """The SOA of negative answers under the cluster zone."""
+        return self._negative_soas[self.origin]
+
+    def denies(self, data: bytes) -> bool:
+        """Whether query ``data``, whose question is its last bytes, asks about a name under a
+        service that does not exist (NXDOMAIN, as ``quick`` says), read from the bytes with no
+        parse; False when that is not sure. Every name of a flood of random names is asked
+        once, so this is its whole cost: 0.8 us, against 7 us through the parser, ``quick``
+        and the packet cache (2026-11-22)."""
+        size = len(data)
+        suffix = self._services_suffix
+        end = size - 4 - len(suffix)  # where the labels before svc end
+        if (size > wire.HEADER + 255 + 4 or data[size - 2:] != _CLASS_IN
+                or data[size - 4:size - 2] in _TRANSFER_TYPES or not data.startswith(suffix, end)):
+            return False
+        pos, name_at, namespace_at = wire.HEADER, 0, 0
+        while pos < end:
+            length = data[pos]
+            if not 0 < length < 64:
+                return False
+            name_at, namespace_at = namespace_at, pos
+            pos += length + 1
+        if pos != end or not name_at:
+            return False
+        return not self.view.has_service(data[namespace_at + 1:end].lower().decode("latin-1"),
+                                         data[name_at + 1:namespace_at].lower().decode("latin-1"))
 
     def quick(self, qname: bytes, qtype: int) -> Quick | None:
         """The answer to the commonest first questions, as ``answer`` gives it but with no

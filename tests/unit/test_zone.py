@@ -355,3 +355,43 @@ def test_prepared_replies_are_first_answers_made_before_the_question() -> None:
     assert asked("web", "A")[1] is None
     gone = responder.cached_reply(asked("web", "A")[0])
     assert gone is not None and dns.message.from_wire(gone).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_denials_under_missing_services_are_read_from_the_query_bytes() -> None:
+    """A name under a service that does not exist, asked as stub resolvers ask, is denied
+    straight from the query's bytes, with the same reply as the loop's parsed answer, whatever
+    its type, letter case or depth; every other question takes the paths it took before."""
+    responder = _responder()
+
+    def stub(name: str, rdtype: str = "A") -> bytes:
+        return dns.message.make_query(f"{name}.{Z}", rdtype, id=4242).to_wire()
+
+    for name, rdtype in [("nx-9f3a", "A"), ("NX-Upper", "AAAA"), ("web.default", "A"),
+                         ("_http._tcp.gone", "SRV"), ("a.b.gone", "TXT"), ("x", "CAA")]:
+        for namespace in (NS, "elsewhere"):
+            data = stub(f"{name}.{namespace}", rdtype)
+            assert responder.zone.denies(data), (name, namespace)
+            denied = responder.cached_reply(data)
+            assert denied is not None and denied == responder.reply(data, True)
+            message = dns.message.from_wire(denied)
+            assert message.rcode() == dns.rcode.NXDOMAIN and message.id == 4242
+            assert message.authority[0].rdtype == dns.rdatatype.SOA
+    for data in [stub(f"web.{NS}"), stub(f"WEB.{NS}"), stub(f"_http._tcp.web.{NS}", "SRV"),
+                 stub(f"a.b.web.{NS}", "TXT"), stub(NS), stub(f"nx.{NS}", "AXFR"),
+                 stub(f"nx.{NS}", "IXFR"),
+                 dns.message.make_query(f"nx.{NS}.{Z}", "A", "CH").to_wire(),
+                 stub(f"nx.{NS}")[:12] + b"\xc0\x0c" + stub(f"nx.{NS}")[12:]]:
+        assert not responder.zone.denies(data), data
+    # with EDNS, the reply carries OPT: the parsed path makes it
+    edns = dns.message.make_query(f"nx.{NS}.{Z}", "A", use_edns=0).to_wire()
+    message = dns.message.from_wire(responder.cached_reply(edns))
+    assert message.rcode() == dns.rcode.NXDOMAIN and message.edns == 0
+    # a service that appears is no longer denied, with no cache to drop
+    data = stub(f"late.{NS}")
+    assert dns.message.from_wire(responder.cached_reply(data)).rcode() == dns.rcode.NXDOMAIN
+    late = Service(NS, "late", cluster_ips=("10.96.0.40",))
+    with responder.zone.view.lock:
+        responder.changed(responder.zone.view.apply(Event(2, "put", late.key, value=late)))
+    assert not responder.zone.denies(data)
+    reply = dns.message.from_wire(responder.cached_reply(data))
+    assert [rd.address for rrset in reply.answer for rd in rrset] == ["10.96.0.40"]
