@@ -66,12 +66,25 @@ def test_replies_go_to_their_senders_and_none_sends_nothing(pair) -> None:
     other.close()
 
 
+def test_replies_around_gaps_go_out_in_order(pair) -> None:
+    server, client = pair
+    for i in range(6):
+        client.sendto(b"q%d" % i, server.getsockname())
+    batch = datagrams.Datagrams(server)
+    assert len(batch.receive()) == 6
+    batch.send([None, b"r1", None, b"r3", b"r4", None])
+    assert [client.recvfrom(100)[0] for _ in range(3)] == [b"r1", b"r3", b"r4"]
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client.recvfrom(100)
+
+
 def test_large_datagrams_are_neither_cut_nor_refused(pair) -> None:
     server, client = pair
     client.sendto(b"x" * 60_000, server.getsockname())
     batch = datagrams.Datagrams(server)
     assert batch.receive() == [b"x" * 60_000]
-    batch.send([b"y" * 9_000])  # beyond a send slot: goes out on its own
+    batch.send([b"y" * 9_000])
     assert client.recvfrom(10_000)[0] == b"y" * 9_000
 
 
