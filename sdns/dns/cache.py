@@ -109,6 +109,7 @@ def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
 
 
 _AUTHORITATIVE = 0x84  # QR and AA
+_join = b"".join  # one allocation where ``+`` makes one per operand
 _OWNER_IS_QUESTION = b"\xc0\x0c"  # a compression pointer to the name in the question
 
 
@@ -181,7 +182,7 @@ class Denials:
 
     def reply(self, data: bytes) -> bytes:
         """The reply to ``data``, a query with nothing after its question."""
-        return data[:2] + self._head + data[wire.HEADER:] + self._tails[len(data) - 16]
+        return _join((data[:2], self._head, data[wire.HEADER:], self._tails[len(data) - 16]))
 
 
 class AnswerCache:

@@ -74,23 +74,25 @@ class Responder:
         self._prepared_counts: dict[int, int] = {}
         self._denials = Denials(zone.origin_soa)
         self._denied_counts: dict[int, int] = {}  # the same, by query length and type
+        self._count = self.tallies.udp_thread.count
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached, or quick to make (then it is
         cached); None means "ask ``reply``". The hot path, run on the UDP thread."""
-        ready = self.prepared.get(data[2:])
+        question = data[2:]  # both lookups share its hash
+        ready = self.prepared.get(question)
         if ready is not None:
             # the question ends with its type (A or AAAA: the low byte says which) and class
-            self.tallies.udp_thread.count(self._prepared_counts[len(ready) << 8 | data[-3]])
+            self._count(self._prepared_counts[len(ready) << 8 | data[-3]])
             return data[:2] + ready
-        hit = self.packets.get(data[2:])
+        hit = self.packets.get(question)
         if hit is not None and hit[0][0]:
-            self.tallies.udp_thread.count(hit[2])
+            self._count(hit[2])
             return data[:2] + hit[1]
-        if data[2:12] == _STUB_HEADER and self.zone.denies(data):
+        if question[:10] == _STUB_HEADER and self.zone.denies(data):
             # not kept in the packet cache: a name asked once would only push out the others
             reply = self._denials.reply(data)
-            self.tallies.udp_thread.count(self._denied_count(data, reply))
+            self._count(self._denied_count(data, reply))
             return reply
         try:
             query = wire.parse(data)
@@ -104,8 +106,8 @@ class Responder:
         reply = entry.reply(data, query, True)
         counted = tally.key(query.qtype, reply, tally.CACHED)
         if not entry.rotates:
-            self.packets.put(data[2:], entry.validity, reply[2:], counted)
-        self.tallies.udp_thread.count(counted)
+            self.packets.put(question, entry.validity, reply[2:], counted)
+        self._count(counted)
         return reply
 
     def _denied_count(self, data: bytes, reply: bytes) -> int:
