@@ -32,7 +32,6 @@ _PROTOCOL_LABELS = {b"_" + p.value.lower().encode(): p for p in Protocol}
 # costs about 90 ns on Python 3.11
 _A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
 _ZONE_TRANSFERS = frozenset({int(RecordType.AXFR), int(RecordType.IXFR)})
-_TRANSFER_TYPES = frozenset(struct.pack(">H", qtype) for qtype in _ZONE_TRANSFERS)
 _CLASS_IN = struct.pack(">H", wire.CLASS_IN)
 
 Tag = Hashable
@@ -178,13 +177,13 @@ class Zone:
         """Whether query ``data``, whose question is its last bytes, asks about a name under a
         service that does not exist (NXDOMAIN, as ``quick`` says), read from the bytes with no
         parse; False when that is not sure. Every name of a flood of random names is asked
-        once, so this is its whole cost: 0.8 us, against 7 us through the parser, ``quick``
-        and the packet cache (2026-11-22)."""
+        once, so this is most of its cost: 1.0 us, where the parser, ``quick`` and the packet
+        cache took 7 us (2026-11-22)."""
         size = len(data)
-        suffix = self._services_suffix
-        end = size - 4 - len(suffix)  # where the labels before svc end
-        if (size > wire.HEADER + 255 + 4 or data[size - 2:] != _CLASS_IN
-                or data[size - 4:size - 2] in _TRANSFER_TYPES or not data.startswith(suffix, end)):
+        end = size - 4 - len(self._services_suffix)  # where the labels before svc end
+        if (size > wire.HEADER + 255 + 4 or not data.endswith(_CLASS_IN)
+                or not data.startswith(self._services_suffix, end)
+                or (data[size - 4] << 8 | data[size - 3]) in _ZONE_TRANSFERS):
             return False
         pos, name_at, namespace_at = wire.HEADER, 0, 0
         while pos < end:
