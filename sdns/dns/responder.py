@@ -8,10 +8,12 @@ Every write to the answer cache, from either thread, holds the view's lock, so a
 from an older view is never stored (nor given a validity) after the change that outdates it;
 reads take no lock, each being one call into C that the GIL makes atomic. The prepared replies
 (``prepared``) follow the same rule: the watcher makes and drops them holding the lock, and the
-UDP thread reads them with one dict lookup. An answer dropped sets its validity to 0 with one
-store, which the thread checks before serving a packet. The one value both threads write
-without the lock is an entry's rotation counter (``Encoded.turn``): a lost update repeats an
-order of the addresses once, and never makes a wrong reply.
+UDP thread reads them with one dict lookup. A denial read from the query's bytes
+(``Zone.denies``) asks the view one membership question and keeps nothing. An answer dropped
+sets its validity to 0 with one store, which the thread checks before serving a packet. The
+one value both threads write without the lock is an entry's rotation counter
+(``Encoded.turn``): a lost update repeats an order of the addresses once, and never makes a
+wrong reply.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class Responder:
 
     def cached_reply(self, data: bytes) -> bytes | None:
         """The UDP reply to ``data`` when its answer is cached, or quick to make (then it is
-        cached); None means "ask ``reply``". The hot path, run on the UDP thread."""
+        cached, but for a denial read from the query's bytes, which is cheaper than a cache
+        entry); None means "ask ``reply``". The hot path, run on the UDP thread."""
         question = data[2:]  # both lookups share its hash
         ready = self.prepared.get(question)
         if ready is not None:
