@@ -119,9 +119,8 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
     soa = answer.soa
     if soa is not None:
         # header, question, and the SOA owned by the zone's name inside the question
-        pointer = 0xC000 | (wire.HEADER + len(qname) - len(soa.zone))
         packed = (struct.pack(">HBBHHHH", 0, _AUTHORITATIVE, answer.rcode, 1, 0, 1, 0) + qname
-                  + struct.pack(">HHH", qtype, wire.CLASS_IN, pointer) + soa.record)
+                  + struct.pack(">HH", qtype, wire.CLASS_IN) + soa.owned_in(len(qname)))
         return Encoded(packed, question_end, answer.tags)
     record = DNSRecord(
         DNSHeader(id=0, qr=1, aa=1, rd=0, ra=0, rcode=answer.rcode),
@@ -156,9 +155,8 @@ def quick_reply(data: bytes, query: wire.Query, quick: Quick, ttl: int) -> bytes
     question = data[wire.HEADER:query.end]
     soa = quick.soa
     if soa is not None:  # the SOA owned by the zone's name inside the question
-        pointer = 0xC000 | (wire.HEADER + len(query.qname) - len(soa.zone))
         return b"".join((data[:2], struct.pack(">BBHHHH", *head, 1, 0, 1, len(opt) > 0),
-                         question, struct.pack(">H", pointer), soa.record, opt))
+                         question, soa.owned_in(len(query.qname)), opt))
     aaaa = query.qtype == RecordType.AAAA
     owner = _OWNER_IS_QUESTION + struct.pack(">HHIH", query.qtype, wire.CLASS_IN, ttl,
                                              16 if aaaa else 4)
@@ -176,8 +174,7 @@ class Denials:
     def __init__(self, soa: Soa) -> None:
         self._head = struct.pack(">BBHHHH", _AUTHORITATIVE | 1, Rcode.NXDOMAIN, 1, 0, 1, 0)
         # by the length of the question's name: the SOA, owned by the zone's name in it
-        self._tails = [struct.pack(">H", 0xC000 | (wire.HEADER + length - len(soa.zone)))
-                       + soa.record if length >= len(soa.zone) else b""
+        self._tails = [soa.owned_in(length) if length >= len(soa.zone) else b""
                        for length in range(256)]
 
     def reply(self, data: bytes) -> bytes:

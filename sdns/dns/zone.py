@@ -45,6 +45,12 @@ class Soa:
     zone: bytes  # the zone's name in wire form
     record: bytes  # type, class, TTL, length and data of the SOA record
 
+    def owned_in(self, name_length: int) -> bytes:
+        """The whole record, owned by the zone's name at the end of a question's name of
+        ``name_length`` bytes: a compression pointer to it, then ``record``."""
+        return struct.pack(">H", 0xC000 | (wire.HEADER + name_length - len(self.zone))) \
+            + self.record
+
     @classmethod
     def of(cls, rr: RR) -> Soa:
         buffer = DNSBuffer()
