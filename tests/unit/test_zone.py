@@ -386,9 +386,17 @@ def test_denials_under_missing_services_are_read_from_the_query_bytes() -> None:
     edns = dns.message.make_query(f"nx.{NS}.{Z}", "A", use_edns=0).to_wire()
     message = dns.message.from_wire(responder.cached_reply(edns))
     assert message.rcode() == dns.rcode.NXDOMAIN and message.edns == 0
-    # a service that appears is no longer denied, with no cache to drop
+    # asked again, a denial is made as other first answers are and kept in the packet cache
+    data = stub(f"again.{NS}")
+    first = responder.cached_reply(data)
+    assert responder.packets.get(data[2:]) is None
+    assert responder.cached_reply(data) == first and responder.packets.get(data[2:]) is not None
+    assert responder.cached_reply(data) == first
+    # a service that appears is no longer denied, nor served from what was kept
     data = stub(f"late.{NS}")
-    assert dns.message.from_wire(responder.cached_reply(data)).rcode() == dns.rcode.NXDOMAIN
+    for _ in range(3):
+        assert dns.message.from_wire(responder.cached_reply(data)).rcode() == \
+            dns.rcode.NXDOMAIN
     late = Service(NS, "late", cluster_ips=("10.96.0.40",))
     with responder.zone.view.lock:
         responder.changed(responder.zone.view.apply(Event(2, "put", late.key, value=late)))
