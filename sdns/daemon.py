@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sdns import metrics, store
+from sdns.api import renewals
 from sdns.api.app import make_app
 from sdns.api.tokens import TokenFile, TokensError
 from sdns.balancer.balancer import Balancer
@@ -167,14 +168,17 @@ async def running(config: Config, *, api: bool = True,
                  "dnsAddr": str(config.dns_addr), "balancer": config.balancer,
                  "replica": presence.name}
         app = make_app(registry, balancer, tokens, config.metrics_open, about)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=renewals.KEEPALIVE_SECONDS)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(watcher.end_streams)  # open watch requests would hold up the cleanup
         try:
-            await web.TCPSite(runner, config.api_addr.host, config.api_addr.port).start()
+            listener = await renewals.listen(app, runner.server, config.api_addr.host,
+                                             config.api_addr.port)
         except OSError as error:
             raise _listen_error("the HTTP API", config.api_addr, error) from None
+        stack.push_async_callback(listener.close)
 
         log.info("sdns serving DNS on %s (udp+tcp) for zone %s, HTTP API on http://%s, "
                  "backend %s, forwarding to %s", config.dns_addr, config.zone, config.api_addr,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +42,7 @@ UI = importlib.resources.files("sdns.api").joinpath("ui")
 UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
             ".svg": "image/svg+xml"}
 ABOUT = web.AppKey("about", dict)
+CHALLENGE = 'Bearer realm="sdns"'  # the WWW-Authenticate of a 401
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,7 +53,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except SdnsError as error:
-        headers = {"WWW-Authenticate": 'Bearer realm="sdns"'} if error.status == 401 else None
+        headers = {"WWW-Authenticate": CHALLENGE} if error.status == 401 else None
         return web.json_response(error.to_json(), status=error.status, headers=headers)
     except web.HTTPException as error:
         if error.status < 400:
@@ -62,29 +63,39 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                                  headers=allow)
 
 
-def _presented(request: web.Request) -> str:
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+def presented(headers: Mapping[str, str]) -> str:
+    scheme, _, secret = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return secret.strip()
-    return request.headers.get("X-Sdns-Token", "")
+    return headers.get("X-Sdns-Token", "")
+
+
+def check_token(app: web.Application, method: str, path: str, namespace: str | None,
+                presented: str) -> Token | None:
+    """With tokens on, the token ``presented`` for a call, if its scope and namespaces cover
+    it (else Unauthorized or Forbidden); None when tokens are off or the path is open."""
+    token_file = app.get(TOKENS)
+    if token_file is None or path in app[OPEN_PATHS] or path.startswith(UI_PREFIX):
+        return None
+    token = token_file.tokens.find(presented)
+    if token is None:
+        raise Unauthorized("missing or unknown token")
+    if method not in READ_METHODS and not token.may_write():
+        raise Forbidden(f"token {token.name!r} may only read")
+    if namespace is not None and not token.covers(namespace):
+        raise Forbidden(f"token {token.name!r} may not use namespace {namespace!r}", "namespace")
+    return token
 
 
 @web.middleware
 async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With tokens on, every call but the open paths needs one whose scope and namespaces cover
-    it; the handler sees it as ``request[TOKEN]`` to leave out other namespaces."""
-    token_file = request.app.get(TOKENS)
-    if token_file is None or request.path in request.app[OPEN_PATHS] or \
-            request.path.startswith(UI_PREFIX):
-        return await handler(request)
-    token = token_file.tokens.find(_presented(request))
+    """Every call but the open paths needs a token (``check_token``) when tokens are on; the
+    handler sees it as ``request[TOKEN]`` to leave out other namespaces."""
+    token = check_token(request.app, request.method, request.path,
+                        request.match_info.get("namespace", request.query.get("namespace")),
+                        presented(request.headers))
     if token is None:
-        raise Unauthorized("missing or unknown token")
-    if request.method not in READ_METHODS and not token.may_write():
-        raise Forbidden(f"token {token.name!r} may only read")
-    namespace = request.match_info.get("namespace", request.query.get("namespace"))
-    if namespace is not None and not token.covers(namespace):
-        raise Forbidden(f"token {token.name!r} may not use namespace {namespace!r}", "namespace")
+        return await handler(request)
     if token.namespaces is not None and request.method == "DELETE" and \
             request.match_info.route.resource is not None and \
             request.match_info.route.resource.canonical == LEASE:
@@ -272,8 +283,16 @@ async def put_endpoint_set(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    endpoint = await _registry(request).heartbeat(_key(request), _endpoint_id(request))
-    return web.json_response(endpoint.to_json())
+    info = request.match_info
+    return web.json_response(await heartbeaten(_registry(request), info["namespace"],
+                                               info["name"], info["id"]))
+
+
+async def heartbeaten(registry: Registry, namespace: str, name: str, endpoint_id: str
+                      ) -> dict[str, Any]:
+    """The endpoint whose lease a heartbeat renewed, as the API answers it."""
+    endpoint = await registry.heartbeat(service_key(namespace, name), label(endpoint_id, "id"))
+    return endpoint.to_json()
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
@@ -295,8 +314,12 @@ async def get_lease(request: web.Request) -> web.Response:
 
 
 async def renew_lease(request: web.Request) -> web.Response:
-    lease = await _registry(request).renew_lease(_lease_id(request))
-    return web.json_response(_without_count(lease))
+    return web.json_response(await renewed(_registry(request), request.match_info["id"]))
+
+
+async def renewed(registry: Registry, lease: str) -> dict[str, Any]:
+    """The renewed lease, as the API answers it."""
+    return _without_count(await registry.renew_lease(lease_id(lease, "id")))
 
 
 async def delete_lease(request: web.Request) -> web.Response:
