@@ -68,7 +68,8 @@ class _Renewer(asyncio.Protocol):
     """One keep-alive connection that renews a lease at a time. It reads only the status and
     the length of each reply: aiohttp's client took 700 to 900 us of CPU per renewal on the
     core it shares with dnsperf, which then sent fewer queries (renewals from sidekicks on
-    other machines cost this machine nothing). This takes a few tens of us."""
+    other machines cost this machine nothing). This takes 230 to 310 us, most of it the two
+    wakeups (the send's timer, the reply) at about 140 us each on these VMs."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
