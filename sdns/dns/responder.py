@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 # reply made when the watcher applies the change (``prepared``), not when it is first asked;
 # for a name under a service that does not exist, its reply is made without the parser.
 _STUB_HEADER = struct.pack(">HHHHH", 0x0100, 1, 0, 0, 0)
+# The same with EDNS, as Go's resolver and dnspython ask: one additional record, an OPT of
+# version 0 with no options (its last 11 bytes: root owner and type, any payload size, extended
+# rcode and version 0, any flags, no data). Answered as the question without it, plus our OPT.
+_EDNS_STUB_HEADER = struct.pack(">HHHHH", 0x0100, 1, 0, 0, 1)
+_OPT_OWNER_TYPE = b"\0" + struct.pack(">H", RecordType.OPT)
+_OPT_SIZE = 11
 _A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
 _A_IN = struct.pack(">HH", _A, wire.CLASS_IN)
 _AAAA_IN = struct.pack(">HH", _AAAA, wire.CLASS_IN)
@@ -97,7 +103,20 @@ class Responder:
         if hit is not None and hit[0][0]:
             self._count(hit[2])
             return data[:2] + hit[1]
-        if question[:10] == _STUB_HEADER and self.zone.denies(data):
+        head = question[:10]
+        if head == _STUB_HEADER:
+            plain, opt = data, None
+        elif head == _EDNS_STUB_HEADER and data[-_OPT_SIZE:-8] == _OPT_OWNER_TYPE \
+                and not (data[-6] or data[-5] or data[-2] or data[-1]):
+            # the question without its OPT record (the header still counts it, but the
+            # replies below do not read it); their reply, with our OPT record added
+            plain, opt = data[:-_OPT_SIZE], wire.OPT_DO if data[-4] & 0x80 else wire.OPT
+            ready = self.prepared.get(_STUB_HEADER + plain[wire.HEADER:])
+            if ready is not None:
+                return self._prepared_with_opt(data, ready, opt)
+        else:
+            plain = None
+        if plain is not None and self.zone.denies(plain):
             asked, once = hash(question), self._denied_once
             if asked not in once:
                 # most likely a name asked once: denied from its bytes and kept nowhere, as a
@@ -105,8 +124,10 @@ class Responder:
                 if len(once) >= _DENIED_ONCE:
                     once.clear()
                 once.add(asked)
-                reply = self._denials.reply(data)
-                self._count(self._denied_count(data, reply))
+                reply = self._denials.reply(plain)
+                if opt is not None:
+                    reply = _with_opt(reply, opt)
+                self._count(self._denied_count(plain, reply))
                 return reply
             # asked again (a search-path name, say): made below and kept in the packet cache,
             # where the next asks find it for less than half of what a denial costs
@@ -126,10 +147,25 @@ class Responder:
         self._count(counted)
         return reply
 
+    def _prepared_with_opt(self, data: bytes, ready: bytes, opt: bytes) -> bytes:
+        """The prepared reply ``ready`` to query ``data`` that has an OPT record, with ours."""
+        reply = _with_opt(data[:2] + ready, opt)
+        # the cell depends on the reply's length and type only, as for prepared replies
+        qtype = data[-_OPT_SIZE - 3]
+        counts = (len(ready) + _OPT_SIZE) << 8 | qtype
+        counted = self._prepared_counts.get(counts)
+        if counted is None:
+            counted = tally.key(qtype, reply, tally.CACHED)
+            if len(self._prepared_counts) < _SHAPES:
+                self._prepared_counts[counts] = counted
+        self._count(counted)
+        return reply
+
     def _denied_count(self, data: bytes, reply: bytes) -> int:
-        """The tally cell of the NXDOMAIN ``reply`` to ``data``, kept for the few hundred
-        shapes such questions take (``tally.key`` costs more than the reply)."""
-        shape = len(data) << 16 | data[-4] << 8 | data[-3]
+        """The tally cell of the NXDOMAIN ``reply`` to ``data`` (its question last), kept for
+        the few hundred lengths and types such replies take (``tally.key`` costs more than the
+        reply)."""
+        shape = len(reply) << 16 | data[-4] << 8 | data[-3]
         counted = self._denied_counts.get(shape)
         if counted is None:
             counted = tally.key(data[-4] << 8 | data[-3], reply, tally.CACHED)
@@ -259,3 +295,8 @@ class Responder:
             counts = len(ready) << 8 | qtype
             if counts not in self._prepared_counts:
                 self._prepared_counts[counts] = tally.key(qtype, data[:2] + ready, tally.CACHED)
+
+
+def _with_opt(reply: bytes, opt: bytes) -> bytes:
+    """``reply``, which has no additional record, with ``opt`` as its one."""
+    return reply[:10] + b"\0\1" + reply[12:] + opt

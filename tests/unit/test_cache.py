@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import dns.edns
 import dns.message
 from dnslib import RR, A, DNSLabel
 
@@ -125,15 +126,17 @@ def test_the_bound_counts_what_entries_really_take() -> None:
 
 def test_the_bound_counts_what_first_answers_really_take() -> None:
     """First answers the UDP thread makes through the parser (names under services that do not
-    exist, asked with EDNS, so not denied straight from the query's bytes) leave a packet and
-    a validity under each name's tag, made of names decoded from the question; what the caches
-    count is as near what Python allocates for them, bound reached or not."""
+    exist, asked with an EDNS cookie as dig asks, so not denied straight from the query's bytes)
+    leave a packet and a validity under each name's tag, made of names decoded from the
+    question; what the caches count is as near what Python allocates for them, bound reached or
+    not."""
     view = View()
     view.load(Snapshot(revision=1, services=[Service("default", "web")], endpoints={}))
     for bound in (1 << 30, 4 << 20):
         responder = Responder(Zone("cluster.local", 5, view), cache_bytes=bound)
-        queries = [dns.message.make_query(f"r{i}.default.svc.cluster.local", "A", use_edns=0)
-                   .to_wire() for i in range(20_000)]
+        cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+        queries = [dns.message.make_query(f"r{i}.default.svc.cluster.local", "A",
+                                          options=[cookie]).to_wire() for i in range(20_000)]
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -340,6 +341,17 @@ def test_prepared_replies_are_first_answers_made_before_the_question() -> None:
         assert responder.cached_reply(data) == data[:2] + ready == first
         message = dns.message.from_wire(first)
         assert [rd.address for rrset in message.answer for rd in rrset] == addresses
+        # with a plain OPT record (Go's resolver, dnspython), DO or not: the same reply with
+        # our OPT, made from the prepared one (so not kept in the packet cache)
+        for dnssec in (False, True):
+            edns = dns.message.make_query(f"{name}.{NS}.{Z}", rdtype, id=78, use_edns=0,
+                                          want_dnssec=dnssec).to_wire()
+            parsed = Responder(responder.zone, cache_bytes=1 << 24).cached_reply(edns)
+            assert responder.cached_reply(edns) == parsed
+            assert responder.packets.get(edns[2:]) is None
+            message = dns.message.from_wire(parsed)
+            assert [rd.address for rrset in message.answer for rd in rrset] == addresses
+            assert message.edns == 0 and bool(message.ednsflags & dns.flags.DO) == dnssec
 
     apply(Event(2, "put", dual.key, value=dual))
     check("web", "A", ["10.96.0.20"])
@@ -382,10 +394,25 @@ def test_denials_under_missing_services_are_read_from_the_query_bytes() -> None:
                  dns.message.make_query(f"nx.{NS}.{Z}", "A", "CH").to_wire(),
                  stub(f"nx.{NS}")[:12] + b"\xc0\x0c" + stub(f"nx.{NS}")[12:]]:
         assert not responder.zone.denies(data), data
-    # with EDNS, the reply carries OPT: the parsed path makes it
-    edns = dns.message.make_query(f"nx.{NS}.{Z}", "A", use_edns=0).to_wire()
-    message = dns.message.from_wire(responder.cached_reply(edns))
-    assert message.rcode() == dns.rcode.NXDOMAIN and message.edns == 0
+    # with a plain OPT record, DO or not, denied from the bytes too, with our OPT; with an
+    # option, another EDNS version or another flag, the parsed path answers (and keeps it)
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+    for n, (edns, options, dnssec, flags, from_bytes) in enumerate([
+            (0, None, False, dns.flags.RD, True), (0, None, True, dns.flags.RD, True),
+            (0, [cookie], False, dns.flags.RD, False), (1, None, False, dns.flags.RD, False),
+            (0, None, False, dns.flags.RD | dns.flags.AD, False)]):
+        data = dns.message.make_query(f"nx{n}.{NS}.{Z}", "AAAA", id=99, use_edns=edns,
+                                      options=options, want_dnssec=dnssec,
+                                      flags=flags).to_wire()
+        reply = responder.cached_reply(data)
+        if reply is None:  # EDNS version 1: BADVERS, from the loop
+            assert not from_bytes and responder.reply(data, True) is not None
+            continue
+        assert (responder.packets.get(data[2:]) is None) == from_bytes, n
+        assert reply == responder.reply(data, True), n
+        message = dns.message.from_wire(reply)
+        assert message.rcode() == dns.rcode.NXDOMAIN and message.edns == 0
+        assert bool(message.ednsflags & dns.flags.DO) == dnssec
     # asked again, a denial is made as other first answers are and kept in the packet cache
     data = stub(f"again.{NS}")
     first = responder.cached_reply(data)
