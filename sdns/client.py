@@ -45,6 +45,9 @@ class Client:
         self.server = server.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = aiohttp.ClientSession(headers=headers, timeout=TIMEOUT)
+        # renewals and heartbeats on connections of their own, which sdns answers without its
+        # web framework's work for each request (sdns/api/renewals.py)
+        self._renewals = aiohttp.ClientSession(headers=headers, timeout=TIMEOUT)
 
     async def __aenter__(self) -> Client:
         return self
@@ -54,10 +57,13 @@ class Client:
 
     async def close(self) -> None:
         await self._session.close()
+        await self._renewals.close()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, renewal: bool = False
+                    ) -> Any:
+        session = self._renewals if renewal else self._session
         try:
-            async with self._session.request(method, self.server + path, json=body) as reply:
+            async with session.request(method, self.server + path, json=body) as reply:
                 text = await reply.text()
         except (aiohttp.ClientConnectionError, TimeoutError) as error:
             raise Unreachable(f"cannot reach {self.server}: {error}") from None
@@ -107,7 +113,8 @@ class Client:
 
     async def heartbeat(self, namespace: str, name: str, endpoint_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            "POST", f"/v1/services/{namespace}/{name}/endpoints/{endpoint_id}/heartbeat")
+            "POST", f"/v1/services/{namespace}/{name}/endpoints/{endpoint_id}/heartbeat",
+            renewal=True)
         return result
 
     async def deregister(self, namespace: str, name: str, endpoint_id: str) -> None:
@@ -124,7 +131,8 @@ class Client:
         return result
 
     async def renew_lease(self, lease_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("POST", f"/v1/leases/{lease_id}/renew")
+        result: dict[str, Any] = await self._call("POST", f"/v1/leases/{lease_id}/renew",
+                                                  renewal=True)
         return result
 
     async def delete_lease(self, lease_id: str) -> None:
