@@ -104,6 +104,8 @@ class RenewalConnection(asyncio.Protocol):
         self._buffer += data
         if not self._busy:
             self._next()
+        else:
+            self._hold_back()
 
     def eof_received(self) -> bool:
         self._ended = True
@@ -123,6 +125,12 @@ class RenewalConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+
+    def _hold_back(self) -> None:
+        """Stop reading from a client far ahead of its replies, until one is answered."""
+        if len(self._buffer) > HEAD_LIMIT and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
 
     def _idle_from_now(self) -> None:
         if self._idle is not None:
@@ -148,9 +156,7 @@ class RenewalConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if len(self._buffer) > HEAD_LIMIT:
-            self._transport.pause_reading()  # a client far ahead of its replies
-            self._paused = True
+        self._hold_back()
         self._answering = asyncio.get_running_loop().create_task(self._answer(*read))
 
     async def _answer(self, groups: tuple[bytes | None, ...], credentials: dict[str, str],

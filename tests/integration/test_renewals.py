@@ -137,6 +137,17 @@ def test_pipelined_requests_are_answered_in_order_across_the_hand_over(server: S
     assert stamps == sorted(stamps)
 
 
+def test_a_client_far_ahead_of_its_replies_gets_them_all(server: SdnsProcess,
+                                                        lease: str) -> None:
+    renew = _request("POST", f"/v1/leases/{lease}/renew")
+    count = 3 * 8190 // len(renew)  # three times what is read ahead before reading pauses
+    with _connect(server) as sock:
+        sock.sendall(renew * count)
+        assert [status for status, _, _ in _replies(sock, count)] == [200] * count
+        sock.sendall(renew)  # read once the replies are out: reading goes on
+        assert _replies(sock, 1)[0][0] == 200
+
+
 def test_a_request_split_over_many_writes_is_answered(server: SdnsProcess, lease: str) -> None:
     request = _request("POST", f"/v1/leases/{lease}/renew")
     with _connect(server) as sock:
