@@ -12,19 +12,7 @@ import pytest
 
 from sdns.api.renewals import _renewal
 from tests.helpers.support import Api, SdnsProcess
-
-ADMIN, READER = "admin-secret-0123456789", "reader-secret-0123456789"
-TOKENS = f"""
-[[token]]
-name = "admin"
-secret = "{ADMIN}"
-scope = "write"
-
-[[token]]
-name = "reader"
-secret = "{READER}"
-scope = "read"
-"""
+from tests.integration.test_tokens import ADMIN, READER, TOKENS
 
 
 def _request(method: str, path: str, headers: str = "", body: bytes = b"") -> bytes:
