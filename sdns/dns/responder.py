@@ -53,7 +53,7 @@ _OPT_SIZE = 11
 _A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
 _A_IN = struct.pack(">HH", _A, wire.CLASS_IN)
 _AAAA_IN = struct.pack(">HH", _AAAA, wire.CLASS_IN)
-_SHAPES = 4096  # the most tally cells of denials kept: a flood of odd types makes no more
+_SHAPES = 4096  # the most tally cells of replies made from bytes kept: odd types make no more
 # Questions denied from their bytes, remembered (by hash) so that a second ask is cached: at
 # most this many, all forgotten at once when it is reached (a flood of names asked once then
 # costs a set insert each, 85 ns)
@@ -85,7 +85,9 @@ class Responder:
         # ``tally.key`` would take 0.8 us of the 1.7 us such a reply costs
         self._prepared_counts: dict[int, int] = {}
         self._denials = Denials(zone.origin_soa)
-        self._denied_counts: dict[int, int] = {}  # the same, by query length and type
+        # the same for the other replies made from a query's bytes (denials, and prepared
+        # replies with an OPT record), by length, rcode and type, filled as they are made
+        self._cells: dict[int, int] = {}
         self._count = self.tallies.udp_thread.count
         self._denied_once: set[int] = set()
 
@@ -113,7 +115,9 @@ class Responder:
             plain, opt = data[:-_OPT_SIZE], wire.OPT_DO if data[-4] & 0x80 else wire.OPT
             ready = self.prepared.get(_STUB_HEADER + plain[wire.HEADER:])
             if ready is not None:
-                return self._prepared_with_opt(data, ready, opt)
+                reply = _with_opt(data[:2] + ready, opt)
+                self._count(self._cell(reply, plain[-4] << 8 | plain[-3]))
+                return reply
         else:
             plain = None
         if plain is not None and self.zone.denies(plain):
@@ -127,7 +131,7 @@ class Responder:
                 reply = self._denials.reply(plain)
                 if opt is not None:
                     reply = _with_opt(reply, opt)
-                self._count(self._denied_count(plain, reply))
+                self._count(self._cell(reply, plain[-4] << 8 | plain[-3]))
                 return reply
             # asked again (a search-path name, say): made below and kept in the packet cache,
             # where the next asks find it for less than half of what a denial costs
@@ -147,30 +151,16 @@ class Responder:
         self._count(counted)
         return reply
 
-    def _prepared_with_opt(self, data: bytes, ready: bytes, opt: bytes) -> bytes:
-        """The prepared reply ``ready`` to query ``data`` that has an OPT record, with ours."""
-        reply = _with_opt(data[:2] + ready, opt)
-        # the cell depends on the reply's length and type only, as for prepared replies
-        qtype = data[-_OPT_SIZE - 3]
-        counts = (len(ready) + _OPT_SIZE) << 8 | qtype
-        counted = self._prepared_counts.get(counts)
+    def _cell(self, reply: bytes, qtype: int) -> int:
+        """The tally cell of ``reply``, made from the bytes of a question of ``qtype``: kept
+        for the few hundred lengths, rcodes and types such replies take (``tally.key`` costs
+        more than a denial)."""
+        shape = (len(reply) << 4 | reply[3] & 0x0F) << 16 | qtype
+        counted = self._cells.get(shape)
         if counted is None:
             counted = tally.key(qtype, reply, tally.CACHED)
-            if len(self._prepared_counts) < _SHAPES:
-                self._prepared_counts[counts] = counted
-        self._count(counted)
-        return reply
-
-    def _denied_count(self, data: bytes, reply: bytes) -> int:
-        """The tally cell of the NXDOMAIN ``reply`` to ``data`` (its question last), kept for
-        the few hundred lengths and types such replies take (``tally.key`` costs more than the
-        reply)."""
-        shape = len(reply) << 16 | data[-4] << 8 | data[-3]
-        counted = self._denied_counts.get(shape)
-        if counted is None:
-            counted = tally.key(data[-4] << 8 | data[-3], reply, tally.CACHED)
-            if len(self._denied_counts) < _SHAPES:
-                self._denied_counts[shape] = counted
+            if len(self._cells) < _SHAPES:
+                self._cells[shape] = counted
         return counted
 
     def _first_reply(self, data: bytes, query: wire.Query) -> bytes | None:
