@@ -147,7 +147,7 @@ class RenewalConnection(asyncio.Protocol):
             elif self._ended:
                 self.close()
             return
-        read = _renewal(bytes(self._buffer[:end]))
+        read = plain_renewal(bytes(self._buffer[:end]))
         if read is None:
             self._hand_over()
             return
@@ -209,7 +209,7 @@ class RenewalConnection(asyncio.Protocol):
             handler.eof_received()
 
 
-def _renewal(head: bytes) -> tuple[tuple[bytes | None, ...], dict[str, str], bool] | None:
+def plain_renewal(head: bytes) -> tuple[tuple[bytes | None, ...], dict[str, str], bool] | None:
     """The route's groups, the credentials presented and whether the client asks to close, if
     ``head`` (without its final blank line) is a plain renewal; None if it is not."""
     line, _, fields = head.partition(b"\r\n")

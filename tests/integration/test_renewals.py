@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdns.api.renewals import _renewal
+from sdns.api.renewals import plain_renewal
 from tests.helpers.support import Api, SdnsProcess
 from tests.integration.test_tokens import ADMIN, READER, TOKENS
 
@@ -227,4 +227,4 @@ def test_renewals_need_a_token_that_may_write(tmp_path: Path) -> None:
     (b"POST /v1/leases/a1/renew HTTP/1.1\r\nX-Sdns-Token: a\r\nX-Sdns-Token: b", False),
 ])
 def test_which_requests_are_plain_renewals(head: bytes, plain: bool) -> None:
-    assert (_renewal(head) is not None) == plain
+    assert (plain_renewal(head) is not None) == plain
