@@ -62,6 +62,7 @@ class _Date:
 
 
 _DATE = _Date()
+_SERVER = SERVER_SOFTWARE.encode()  # aiohttp's Server header, as its own replies carry
 
 
 def reply(status: int, body: dict[str, Any], close: bool, extra: bytes = b"") -> bytes:
@@ -71,7 +72,7 @@ def reply(status: int, body: dict[str, Any], close: bool, extra: bytes = b"") ->
         b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode()),
         b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
         % len(payload),
-        b"Date: %s\r\nServer: %s\r\n" % (_DATE.now(), SERVER_SOFTWARE.encode()),
+        b"Date: %s\r\nServer: %s\r\n" % (_DATE.now(), _SERVER),
         b"Connection: close\r\n" if close else b"",
         extra, b"\r\n", payload))
 
