@@ -48,7 +48,7 @@ _STUB_HEADER = struct.pack(">HHHHH", 0x0100, 1, 0, 0, 0)
 # version 0 with no options (its last 11 bytes: root owner and type, any payload size, extended
 # rcode and version 0, any flags, no data). Answered as the question without it, plus our OPT.
 _EDNS_STUB_HEADER = struct.pack(">HHHHH", 0x0100, 1, 0, 0, 1)
-_OPT_OWNER_TYPE = b"\0" + struct.pack(">H", RecordType.OPT)
+_OPT_OWNER_TYPE = wire.OPT[:3]  # an OPT record's root owner and type, as in ours
 _OPT_SIZE = 11
 _A, _AAAA = int(RecordType.A), int(RecordType.AAAA)
 _A_IN = struct.pack(">HH", _A, wire.CLASS_IN)
