@@ -6,8 +6,9 @@ several times and quotes medians, because a run of dnsmasq against itself varies
 Mixes: hot (A and SRV of 100 services), wide (A of 100,000 services with 3 endpoints each, in
 random order), negative (random names under the zone, and search-path names as a pod with
 ndots:5 sends), and scale (the hot mix with 100 services registered against 100,000). The
-first pass through the wide and negative files, right after loading, is the cold figure: names
-never asked before.
+first pass through the wide and negative files is the cold figure: names never asked before.
+It is a median of alternations too, each with names new to every server: the wide names on
+an sdns loaded for that round alone, the random names from a file of their own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,17 +174,20 @@ def start_sdns(services: int, stack: ExitStack) -> SdnsProcess:
     return process
 
 
-def query_files(workdir: Path, services: int) -> dict[str, Path]:
+def query_files(workdir: Path, services: int, negatives: int = 1) -> dict[str, Path]:
+    """The query file of each mix; ``negatives`` files of the negative mix, each with random
+    names of its own ("negative", then "negative-1" and on)."""
     rng = random.Random(1053)
     files = {
         "hot": [f"web-{i}.default.{ZONE} A\n_http._tcp.web-{i}.default.{ZONE} SRV"
                 for i in range(HOT)],
         "wide": [f"web-{i}.default.{ZONE} A" for i in rng.sample(range(services), services)],
-        "negative": [
+    }
+    for n in range(negatives):
+        files[f"negative-{n}" if n else "negative"] = [
             f"nx-{rng.getrandbits(48):x}.default.{ZONE} A" if i % 2 else
             f"web-{rng.randrange(HOT)}.default.{ZONE}.default.{ZONE} A"
-            for i in range(2 * RANDOM_NAMES)],
-    }
+            for i in range(2 * RANDOM_NAMES)]
     paths = {}
     for name, lines in files.items():
         paths[name] = workdir / f"{name}.txt"
@@ -219,23 +224,52 @@ def dnsperf(server: Server, queries: Path, seconds: int, rate: int | None = None
     return Run(qps, lost, avg, cpu / elapsed), latencies
 
 
-def compare(servers: dict[str, Server], queries: Path, rounds: int, seconds: int,
-            first: dict[str, Run] | None = None) -> dict[str, list[Run]]:
+def compare(servers: dict[str, Server], queries: Path, rounds: int, seconds: int
+            ) -> dict[str, list[Run]]:
     """Alternate the servers ``rounds`` times on one query file, after one pass through it
-    (answers are built on a miss): that pass goes into ``first``, the cold figure."""
+    (answers are built on a miss): the warm figure."""
     runs: dict[str, list[Run]] = {name: [] for name in servers}
-    for name, server in servers.items():
-        cold = dnsperf(server, queries, 120, passes=1)[0]
-        if first is not None:
-            first[name] = cold
+    for server in servers.values():
+        dnsperf(server, queries, 120, passes=1)
     for _ in range(rounds):
         for name, server in servers.items():
             runs[name].append(dnsperf(server, queries, seconds)[0])
     return runs
 
 
+def first_passes(rounds: list[tuple[dict[str, Server], Path]], edns: bool = False
+                 ) -> dict[str, list[Run]]:
+    """One pass through a query file per round, alternating the servers of the round: the
+    cold figure, so each round's servers have never been asked its names."""
+    runs: dict[str, list[Run]] = {}
+    for servers, queries in rounds:
+        for name, server in servers.items():
+            runs.setdefault(name, []).append(
+                dnsperf(server, queries, 120, passes=1, edns=edns)[0])
+    return runs
+
+
+def per_cpu_second(runs: list[Run]) -> float:
+    """The median of the runs' queries per second of server CPU: what the server could answer
+    were the client not the limit (dnsperf's core is saturated before sdns's is)."""
+    return median([r.qps / r.cpu for r in runs])
+
+
 def _each(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _thousands(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
+def _cold(runs: dict[str, list[Run]]) -> str:
+    """Medians of first passes per server CPU second, then every pass: sdns / Knot / dnsmasq."""
+    order = ("sdns", "knot", "dnsmasq")
+    medians = " / ".join(f"{per_cpu_second(runs[n]):,.0f}" for n in order)
+    passes = "; ".join(_thousands(r.qps / r.cpu for r in runs[n]) for n in order)
+    return f"{medians} = {per_cpu_second(runs['sdns']) / per_cpu_second(runs['knot']):.2f}x " \
+           f"Knot (passes: {passes})"
 
 
 def chart(rows: list[tuple[str, float, float]], path: Path) -> None:
@@ -271,7 +305,7 @@ def main() -> None:
                              "and knot")
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="sdns-bench-") as tmp:
         workdir = Path(tmp)
-        files = query_files(workdir, args.services)
+        files = query_files(workdir, args.services, args.rounds)
         small_sdns = start_sdns(HOT, stack)
         small_dnsmasq = Dnsmasq(HOT, workdir)
         stack.callback(small_dnsmasq.stop)
@@ -282,11 +316,14 @@ def main() -> None:
         started = time.monotonic()
         big_sdns = start_sdns(args.services, stack)
         load_seconds = time.monotonic() - started
+        loaded_rss = rss_mb(big_sdns.process.pid)
+        # one sdns for each first pass over the wide names after the first, loaded alike
+        fresh_sdns = [big_sdns] + [start_sdns(args.services, stack)
+                                   for _ in range(args.rounds - 1)]
         big_dnsmasq = Dnsmasq(args.services, workdir)
         stack.callback(big_dnsmasq.stop)
         big_knot = Knot(args.services, workdir)
         stack.callback(big_knot.stop)
-        loaded_rss = rss_mb(big_sdns.process.pid)
 
         results: dict[str, dict[str, list[Run]]] = {}
         small = {"dnsmasq": Server(small_dnsmasq.port, small_dnsmasq.pid),
@@ -296,14 +333,17 @@ def main() -> None:
                "knot": Server(big_knot.port, big_knot.pid),
                "sdns": Server(big_sdns.dns_port, big_sdns.process.pid)}
         results["hot"] = compare(small, files["hot"], args.rounds, args.seconds)
-        cold_wide: dict[str, Run] = {}
-        cold_negative: dict[str, Run] = {}
-        results["wide"] = compare(big, files["wide"], args.rounds, args.seconds, cold_wide)
+        fresh = [big | {"sdns": Server(process.dns_port, process.process.pid)}
+                 for process in fresh_sdns]
+        cold_wide = first_passes([(servers, files["wide"]) for servers in fresh])
         # the same names asked with EDNS: questions of that form are asked for the first time
-        cold_edns = {name: dnsperf(server, files["wide"], 120, passes=1, edns=True)[0]
-                     for name, server in big.items()}
-        results["negative"] = compare(big, files["negative"], args.rounds, args.seconds,
-                                      cold_negative)
+        cold_edns = first_passes([(servers, files["wide"]) for servers in fresh], edns=True)
+        for process in fresh_sdns[1:]:
+            process.stop()
+        results["wide"] = compare(big, files["wide"], args.rounds, args.seconds)
+        cold_negative = first_passes([
+            (big, files[f"negative-{n}" if n else "negative"]) for n in range(args.rounds)])
+        results["negative"] = compare(big, files["negative"], args.rounds, args.seconds)
         flooded_rss = rss_mb(big_sdns.process.pid)
         results[f"hot, {args.services:,} registered"] = compare(
             big, files["hot"], args.rounds, args.seconds)
@@ -321,9 +361,7 @@ def main() -> None:
         rows, chart_rows = [], []
         for mix, runs in results.items():
             qps = {name: median([r.qps for r in rs]) for name, rs in runs.items()}
-            # queries per second of server CPU: what the server could answer were the client
-            # not the limit (dnsperf's core is saturated before sdns's is)
-            per_core = {name: median([r.qps / r.cpu for r in rs]) for name, rs in runs.items()}
+            per_core = {name: per_cpu_second(rs) for name, rs in runs.items()}
             for name, rs in runs.items():
                 rows.append((mix, name, f"{qps[name]:,.0f}", max(r.lost for r in rs),
                              f"{median([r.avg_ms for r in rs]):.3f}",
@@ -339,22 +377,19 @@ def main() -> None:
         png = ROOT / "docs" / "bench-dns.png"
         chart(chart_rows, png)
         wide_qps = median([r.qps for r in results["wide"]["sdns"]])
+        cold_qps = median([r.qps for r in cold_wide["sdns"]])
         summary = [
             (f"cold: first pass over the {args.services:,} names of the wide mix, never asked "
              "before (sdns / its own warm wide rate)",
-             f"{cold_wide['sdns'].qps:,.0f} QPS / {wide_qps:,.0f} = "
-             f"{cold_wide['sdns'].qps / wide_qps:.2f}x", ">= 0.8x"),
-            ("cold, per server CPU second: sdns / Knot / dnsmasq (first pass of each)",
-             " / ".join(f"{cold_wide[n].qps / cold_wide[n].cpu:,.0f}"
-                        for n in ("sdns", "knot", "dnsmasq")), "sdns >= Knot"),
+             f"{cold_qps:,.0f} QPS / {wide_qps:,.0f} = {cold_qps / wide_qps:.2f}x (passes: "
+             f"{_thousands(r.qps for r in cold_wide['sdns'])})", ">= 0.8x"),
+            ("cold, per server CPU second: sdns / Knot / dnsmasq",
+             _cold(cold_wide), "sdns >= Knot"),
             ("first pass over the wide mix asked with EDNS (dnsperf -e, as Go's resolver "
-             "asks), per server CPU second: sdns / Knot / dnsmasq",
-             " / ".join(f"{cold_edns[n].qps / cold_edns[n].cpu:,.0f}"
-                        for n in ("sdns", "knot", "dnsmasq")), ""),
+             "asks), per server CPU second: sdns / Knot / dnsmasq", _cold(cold_edns), ""),
             (f"first pass of the negative mix ({RANDOM_NAMES:,} random names each asked once, "
              "and search-path names), per server CPU second: sdns / Knot / dnsmasq",
-             " / ".join(f"{cold_negative[n].qps / cold_negative[n].cpu:,.0f}"
-                        for n in ("sdns", "knot", "dnsmasq")), "sdns >= Knot"),
+             _cold(cold_negative), "sdns >= Knot"),
             ("sdns/dnsmasq, hot mix", f"{chart_rows[0][2] / chart_rows[0][1]:.2f}x", ">= 1.0x"),
             ("sdns/dnsmasq, wide mix", f"{chart_rows[1][2] / chart_rows[1][1]:.2f}x", ">= 2.0x"),
             ("sdns/dnsmasq, negative mix", f"{chart_rows[2][2] / chart_rows[2][1]:.2f}x",
@@ -368,8 +403,9 @@ def main() -> None:
             ("RSS per endpoint beyond the baseline",
              f"{per_endpoint_kb:.2f} KB ({baseline_rss:.0f} MB -> {loaded_rss:.0f} MB "
              f"for {endpoints:,} endpoints)", "<= 1 KB"),
-            (f"RSS after the negative mix ({RANDOM_NAMES:,} random names), against RSS once "
-             f"loaded plus 1.2x the default --cache-mb ({CACHE_MB} MiB)",
+            (f"RSS after the negative mix ({args.rounds} first passes of {RANDOM_NAMES:,} "
+             "random names each, and the warm rounds), against RSS once loaded plus 1.2x the "
+             f"default --cache-mb ({CACHE_MB} MiB)",
              f"{flooded_rss:.0f} MB / {loaded_rss:.0f} + {1.2 * CACHE_MB:.0f} = "
              f"{loaded_rss + 1.2 * CACHE_MB:.0f} MB", "at most the second"),
             ("peak RSS after every mix, sdns / dnsmasq",
@@ -386,7 +422,10 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}. dnsperf -c {CLIENTS} -q {OUTSTANDING} on core 1, the "
         "server on core 0, memory backend; medians of the rounds, each round running "
         "dnsmasq, Knot (one UDP worker) and sdns on the same query file. Lost is the worst "
-        "round.",
+        f"round. Cold figures are medians of {args.rounds} first passes, alternating the "
+        "servers; each pass over the wide names asks an sdns loaded for it alone, and each "
+        "pass of the negative mix has random names of its own. The passes are listed in "
+        "order, as sdns / Knot / dnsmasq.",
         table(["mix", "server", "QPS", "lost", "avg latency ms", "server CPU, cores",
                "QPS vs dnsmasq", "QPS per CPU second vs dnsmasq",
                "QPS per CPU second vs Knot"], rows),
