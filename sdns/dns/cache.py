@@ -167,19 +167,23 @@ def quick_reply(data: bytes, query: wire.Query, quick: Quick, ttl: int) -> bytes
 
 
 class Denials:
-    """NXDOMAIN replies to questions asked as stub resolvers ask (RD, no EDNS) for names under
-    the zone of ``soa``: byte for byte what ``quick_reply`` makes of the same question and
-    answer, by joining the query's ID and question with two constant parts."""
+    """Negative replies (NXDOMAIN, or NOERROR with no data) to questions asked as stub
+    resolvers ask (RD, no EDNS) for names under the zone of ``soa``: byte for byte what
+    ``quick_reply`` makes of the same question and answer, by joining the query's ID and
+    question with two constant parts."""
 
     def __init__(self, soa: Soa) -> None:
-        self._head = struct.pack(">BBHHHH", _AUTHORITATIVE | 1, Rcode.NXDOMAIN, 1, 0, 1, 0)
+        # by rcode, a plain int: hashing an IntEnum member runs Python code
+        self._heads = {int(rcode): struct.pack(">BBHHHH", _AUTHORITATIVE | 1, rcode, 1, 0, 1, 0)
+                       for rcode in (Rcode.NXDOMAIN, Rcode.NOERROR)}
         # by the length of the question's name: the SOA, owned by the zone's name in it
         self._tails = [soa.owned_in(length) if length >= len(soa.zone) else b""
                        for length in range(256)]
 
-    def reply(self, data: bytes) -> bytes:
-        """The reply to ``data``, a query with nothing after its question."""
-        return _join((data[:2], self._head, data[wire.HEADER:], self._tails[len(data) - 16]))
+    def reply(self, data: bytes, rcode: int) -> bytes:
+        """The reply of ``rcode`` to ``data``, a query with nothing after its question."""
+        return _join((data[:2], self._heads[rcode], data[wire.HEADER:],
+                      self._tails[len(data) - 16]))
 
 
 class AnswerCache:

@@ -9,7 +9,7 @@ from an older view is never stored (nor given a validity) after the change that 
 reads take no lock, each being one call into C that the GIL makes atomic. The prepared replies
 (``prepared``) follow the same rule: the watcher makes and drops them holding the lock, and the
 UDP thread reads them with one dict lookup. A denial read from the query's bytes
-(``Zone.denies``) asks the view one membership question and keeps only the question's hash
+(``Zone.denies``) asks the view for one service and keeps only the question's hash
 (``_denied_once``, the UDP thread's alone). An answer dropped sets its validity to 0 with one
 store, which the thread checks before serving a packet. The one value both threads write
 without the lock is an entry's rotation counter (``Encoded.turn``): a lost update repeats an
@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 # The header of a question as stub resolvers and dnsperf send it: recursion desired and no
 # other flag, one question, no EDNS. Such a question for a ClusterIP service's address has its
 # reply made when the watcher applies the change (``prepared``), not when it is first asked;
-# for a name under a service that does not exist, its reply is made without the parser.
+# for a name under a service that does not exist, or for an address family that a ClusterIP
+# service lacks, its reply is made without the parser.
 _STUB_HEADER = struct.pack(">HHHHH", 0x0100, 1, 0, 0, 0)
 # The same with EDNS, as Go's resolver and dnspython ask: one additional record, an OPT of
 # version 0 with no options (its last 11 bytes: root owner and type, any payload size, extended
@@ -120,7 +121,8 @@ class Responder:
                 return reply
         else:
             plain = None
-        if plain is not None and self.zone.denies(plain):
+        denied = None if plain is None else self.zone.denies(plain)
+        if denied is not None:
             asked, once = hash(question), self._denied_once
             if asked not in once:
                 # most likely a name asked once: denied from its bytes and kept nowhere, as a
@@ -128,7 +130,7 @@ class Responder:
                 if len(once) >= _DENIED_ONCE:
                     once.clear()
                 once.add(asked)
-                reply = self._denials.reply(plain)
+                reply = self._denials.reply(plain, denied)
                 if opt is not None:
                     reply = _with_opt(reply, opt)
                 self._count(self._cell(reply, plain[-4] << 8 | plain[-3]))
@@ -273,7 +275,7 @@ class Responder:
         v6 = tuple(ip for ip in ips if ":" in ip)
         for suffix, qtype, addresses in ((_A_IN, _A, v4), (_AAAA_IN, _AAAA, v6)):
             question = _STUB_HEADER + qname + suffix
-            if not addresses:  # NODATA, asked rarely: made when asked
+            if not addresses:  # no data: denied from the query's bytes (``Zone.denies``)
                 if not fresh:
                     self.prepared.pop(question, None)
                 continue

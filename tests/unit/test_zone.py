@@ -430,3 +430,55 @@ def test_denials_under_missing_services_are_read_from_the_query_bytes() -> None:
     assert not responder.zone.denies(data)
     reply = dns.message.from_wire(responder.cached_reply(data))
     assert [rd.address for rrset in reply.answer for rd in rrset] == ["10.96.0.40"]
+
+
+def test_no_data_for_a_family_a_service_lacks_is_read_from_the_query_bytes() -> None:
+    """glibc asks AAAA beside A for every name. The address of a family that a ClusterIP
+    service lacks, asked as stub resolvers ask, is denied from the query's bytes (NOERROR, no
+    data, the SOA): the same reply as the loop's parsed answer, kept nowhere on a first ask.
+    Every other question about an existing service takes the paths it took before."""
+    responder = _responder()
+    six = Service(NS, "six", cluster_ips=("fd96::40",), ip_families=(IPFamily.IPV6,))
+    dual = Service(NS, "dual", cluster_ips=("10.96.0.30", "fd96::30"),
+                   ip_families=(IPFamily.IPV4, IPFamily.IPV6),
+                   ip_family_policy=IPFamilyPolicy.REQUIRE_DUAL_STACK)
+
+    def apply(event: Event) -> None:
+        with responder.zone.view.lock:
+            responder.changed(responder.zone.view.apply(event))
+
+    def stub(name: str, rdtype: str, **edns: object) -> bytes:
+        return dns.message.make_query(f"{name}.{NS}.{Z}", rdtype, id=4343, **edns).to_wire()
+
+    apply(Event(2, "put", six.key, value=six))
+    apply(Event(3, "put", dual.key, value=dual))
+    for name, rdtype in [("web", "AAAA"), ("WeB", "AAAA"), ("six", "A")]:
+        data = stub(name, rdtype)
+        assert responder.zone.denies(data) == dns.rcode.NOERROR, (name, rdtype)
+        denied = responder.cached_reply(data)
+        assert denied is not None and denied == responder.reply(data, True)
+        assert responder.packets.get(data[2:]) is None
+        message = dns.message.from_wire(denied)
+        assert (message.rcode(), message.answer, message.id) == (dns.rcode.NOERROR, [], 4343)
+        assert message.question[0].name.labels[0] == name.encode()  # the client's case
+        assert message.authority[0].rdtype == dns.rdatatype.SOA
+        # Go's resolver: the same, with our OPT record
+        go = stub(name, rdtype, use_edns=0)
+        assert responder.cached_reply(go) == responder.reply(go, True)
+        assert responder.packets.get(go[2:]) is None
+    for name, rdtype in [("web", "A"), ("six", "AAAA"), ("dual", "A"), ("dual", "AAAA"),
+                         ("web", "TXT"), ("web", "MX"), ("db", "AAAA"), ("ext", "AAAA"),
+                         ("e1.web", "AAAA")]:
+        assert responder.zone.denies(stub(name, rdtype)) is None, (name, rdtype)
+    # asked again, kept in the packet cache as other first answers are
+    data = stub("web", "AAAA")
+    first = responder.cached_reply(data)
+    assert responder.packets.get(data[2:]) is not None
+    assert responder.cached_reply(data) == first
+    # a family the service gains is answered at once, and denied no longer
+    apply(Event(4, "put", WEB, value=Service(NS, "web", cluster_ips=("10.96.0.20", "fd96::20"),
+                                             ip_families=(IPFamily.IPV4, IPFamily.IPV6),
+                                             ip_family_policy=IPFamilyPolicy.PREFER_DUAL_STACK)))
+    assert responder.zone.denies(data) is None
+    reply = dns.message.from_wire(responder.cached_reply(data))
+    assert [rd.address for rrset in reply.answer for rd in rrset] == ["fd96::20"]
