@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
@@ -300,12 +300,12 @@ class PacketCache:
         # a reply with its validity (the answer's entry, or a quick reply's) and its tally key
         # (``sdns.dns.tally``)
         self._replies: OrderedDict[bytes, tuple[Validity, bytes, int]] = OrderedDict()
+        # the reply kept for ``query``, or None: the dict's own method, with no Python frame
+        # around it, since every query the prepared replies do not answer asks it
+        self.get: Callable[[bytes], tuple[Validity, bytes, int] | None] = self._replies.get
 
     def __len__(self) -> int:
         return len(self._replies)
-
-    def get(self, query: bytes) -> tuple[Validity, bytes, int] | None:
-        return self._replies.get(query)
 
     def put(self, query: bytes, validity: Validity, reply: bytes, counted: int) -> None:
         replies = self._replies

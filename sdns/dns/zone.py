@@ -207,9 +207,10 @@ class Zone:
             pos += length + 1
         if pos != end or not name_at:
             return None
-        service = self.view.service_named(
-            data[namespace_at + 1:end].lower().decode("latin-1"),
-            data[name_at + 1:namespace_at].lower().decode("latin-1"))
+        # both labels decoded at once, then split at the namespace's length byte
+        labels = data[name_at + 1:end].lower().decode("latin-1")
+        split = namespace_at - name_at - 1
+        service = self.view.service_named(labels[split + 1:], labels[:split])
         if service is None:
             return _NXDOMAIN
         six = qtype == _AAAA
