@@ -258,19 +258,15 @@ def per_cpu_second(runs: list[Run]) -> float:
     return median([r.qps / r.cpu for r in runs])
 
 
-def _each(values: list[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
-
-
-def _thousands(values: Iterable[float]) -> str:
-    return ", ".join(f"{v:,.0f}" for v in values)
+def _each(values: Iterable[float], spec: str = ".2f") -> str:
+    return ", ".join(format(v, spec) for v in values)
 
 
 def _cold(runs: dict[str, list[Run]]) -> str:
     """Medians of first passes per server CPU second, then every pass: sdns / Knot / dnsmasq."""
     order = ("sdns", "knot", "dnsmasq")
     medians = " / ".join(f"{per_cpu_second(runs[n]):,.0f}" for n in order)
-    passes = "; ".join(_thousands(r.qps / r.cpu for r in runs[n]) for n in order)
+    passes = "; ".join(_each((r.qps / r.cpu for r in runs[n]), ",.0f") for n in order)
     return f"{medians} = {per_cpu_second(runs['sdns']) / per_cpu_second(runs['knot']):.2f}x " \
            f"Knot (passes: {passes})"
 
@@ -387,7 +383,7 @@ def main() -> None:
             (f"cold: first pass over the {args.services:,} names of the wide mix, never asked "
              "before (sdns / its own warm wide rate)",
              f"{cold_qps:,.0f} QPS / {wide_qps:,.0f} = {cold_qps / wide_qps:.2f}x (passes: "
-             f"{_thousands(r.qps for r in cold_wide['sdns'])})", ">= 0.8x"),
+             f"{_each((r.qps for r in cold_wide['sdns']), ',.0f')})", ">= 0.8x"),
             ("cold, per server CPU second: sdns / Knot / dnsmasq",
              _cold(cold_wide), "sdns >= Knot"),
             ("first pass over the wide mix asked with EDNS (dnsperf -e, as Go's resolver "
