@@ -7,7 +7,7 @@
 Revisions are etcd's; one watch on the prefix follows every change. A lease (and the lease of
 its own that an endpoint with a ttl gets) is an etcd lease, so etcd itself expires the
 endpoints it holds whatever happens to the replica that registered them; a renewal is one
-keepalive, which no watch sees.
+keepalive (over the stream in backends/keepalives.py), which no watch sees.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
@@ -28,6 +27,7 @@ from aetcd.transactions import Mod
 from aetcd.utils import prefix_range_end
 
 from backends import stored
+from backends.keepalives import KeepAlives
 from sdns.config import Config
 from sdns.errors import BackendUnavailable, Invalid, NotFound
 from sdns.model import Endpoint, Event, Lease, Service, ServiceKey
@@ -101,10 +101,8 @@ class EtcdBackend:
         self._tx = self.client.transactions
         self._waiting: list[_Write] = []
         self._committing: asyncio.Task[None] | None = None
-        self._keepalives: Any = None  # the LeaseKeepAlive stream renewals share
-        self._reading: asyncio.Task[None] | None = None
-        self._writing = asyncio.Lock()
-        self._renewing: dict[int, deque[asyncio.Future[Any]]] = {}
+        self._keepalives: KeepAlives | None = None  # the stream renewals share
+        self._opening: asyncio.Task[KeepAlives] | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> EtcdBackend:
@@ -115,9 +113,11 @@ class EtcdBackend:
         await self.client.connect()
 
     async def close(self) -> None:
-        for task in (self._committing, self._reading):
+        for task in (self._committing, self._opening):
             if task is not None:
                 await cancel(task)
+        if self._keepalives is not None:
+            self._keepalives.end("etcd: closing")
         if self._presence is not None:  # leave at once rather than when the lease runs out
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.leasestub.LeaseRevoke(
@@ -418,55 +418,36 @@ class EtcdBackend:
     @_unavailable
     async def renew_lease(self, lease_id: str) -> Lease:
         asked = time.time()
-        kept = await self._keep_alive(int(lease_id, 16))
-        if kept.TTL <= 0:
+        ttl = await self._keep_alive(int(lease_id, 16))
+        if ttl <= 0:
             raise NotFound(f"lease {lease_id} not found (expired?)")
-        return Lease(lease_id, kept.TTL, asked + kept.TTL)
+        return Lease(lease_id, ttl, asked + ttl)
 
-    async def _keep_alive(self, lease: int) -> Any:
-        """One keepalive over the stream every renewal shares: aetcd's refresh_lease opens a
-        stream per call, which held etcd heartbeats to about 2,000/s here."""
-        if self._keepalives is None:
-            self._keepalives = self.client.leasestub.LeaseKeepAlive(
-                metadata=self.client.metadata)
-            self._reading = asyncio.create_task(self._read_keepalives(self._keepalives),
-                                                name="etcd-keepalives")
+    async def _keep_alive(self, lease: int) -> int:
+        """The TTL of one keepalive over the stream that every renewal shares (aetcd's
+        refresh_lease opens a stream per call, which held heartbeats to about 2,000/s). A
+        keepalive unanswered for REQUEST_TIMEOUT drops the stream; the next renewal opens
+        another, trying the member after the last one first."""
         stream = self._keepalives
-        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._renewing.setdefault(lease, deque()).append(answered)
+        if stream is None or stream.closed:
+            if self._opening is None or self._opening.done():
+                self._opening = asyncio.create_task(self._open_keepalives(stream),
+                                                    name="etcd-keepalives")
+            stream = await asyncio.shield(self._opening)
         try:
-            async with self._writing:  # the stream takes one write at a time
-                await stream.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease))
-            return await asyncio.wait_for(answered, REQUEST_TIMEOUT)
-        except grpc.aio.AioRpcError as error:
-            self._end_keepalives(stream)
-            raise BackendUnavailable(f"etcd: {error.code().name} {error.details()}") from None
+            return await asyncio.wait_for(stream.renew(lease), REQUEST_TIMEOUT)
+        except TimeoutError:
+            stream.end("etcd: a keepalive went unanswered")
+            raise BackendUnavailable(f"etcd: no keepalive reply in {REQUEST_TIMEOUT} s"
+                                     ) from None
 
-    async def _read_keepalives(self, stream: Any) -> None:
-        """Hand each keepalive reply to the renewal of that lease that waited longest (etcd
-        answers one stream in order)."""
-        try:
-            async for reply in stream:
-                waiting = self._renewing.get(reply.ID)
-                if waiting:
-                    settle(waiting.popleft(), reply)
-                    if not waiting:
-                        del self._renewing[reply.ID]
-        except grpc.aio.AioRpcError:
-            pass  # the renewals waiting hear it below
-        finally:
-            self._end_keepalives(stream)
-
-    def _end_keepalives(self, stream: Any) -> None:
-        """The stream broke or ended: every renewal waiting on it fails, the next opens one."""
-        if self._keepalives is not stream:
-            return
-        self._keepalives = None
-        stream.cancel()
-        for waiting in self._renewing.values():
-            for answered in waiting:
-                settle(answered, None, BackendUnavailable("etcd: the keepalive stream ended"))
-        self._renewing.clear()
+    async def _open_keepalives(self, last: KeepAlives | None) -> KeepAlives:
+        members = self.endpoints
+        if last is not None and last.endpoint in members:
+            after = members.index(last.endpoint) + 1
+            members = members[after:] + members[:after]
+        self._keepalives = await KeepAlives.open(members, REQUEST_TIMEOUT)
+        return self._keepalives
 
     # Replicas: a key each, under a lease of its own that announcing again renews.
 

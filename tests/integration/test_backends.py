@@ -234,10 +234,13 @@ def test_etcd_cluster_survives_losing_its_leader(make_sdns: MakeSdns, ns: str) -
             t.start()
         for t in starters:
             t.join()
-        endpoints = ",".join(m.endpoint for m in members)
+        # the leader first: renewals' stream goes to the first member, and must move on
+        leader = next(m for m in members if m.is_leader())
+        endpoints = ",".join(m.endpoint for m in sorted(members, key=lambda m: m != leader))
         process = make_sdns("--backend", "etcd", "--etcd-endpoints", endpoints)
         ip = process.api.put(f"/v1/services/{ns}/web", {}).body["clusterIP"]
-        leader = next(m for m in members if m.is_leader())
+        lease = process.api.post("/v1/leases", {"ttl": 60}).body["id"]
+        assert process.api.post(f"/v1/leases/{lease}/renew").status == 200
         leader.kill()
         assert addresses(process, f"web.{ns}.svc.cluster.local") == [ip]
 
@@ -251,6 +254,8 @@ def test_etcd_cluster_survives_losing_its_leader(make_sdns: MakeSdns, ns: str) -
         after = process.api.get(f"/v1/services/{ns}/after").body["clusterIP"]
         wait_until(lambda: addresses(process, f"after.{ns}.svc.cluster.local") == [after],
                    timeout=5)
+        wait_until(lambda: process.api.post(f"/v1/leases/{lease}/renew").status == 200,
+                   timeout=15, interval=0.2)
     finally:
         for member in members:
             member.remove()

@@ -1,0 +1,96 @@
+"""The keepalive stream's HTTP/2 against h2's own server side, in-process: what a real etcd
+cannot be made to do on cue (hold its flow-control window shut, end the stream with an error,
+split a reply anywhere). tests/integration/test_etcd_keepalives.py runs it on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aetcd.rpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from backends.keepalives import KeepAlives
+from sdns.errors import BackendUnavailable
+
+LEASE = 0x7587ABC1234  # a keepalive of it is a message of 13 bytes
+
+
+class _Wire(asyncio.Transport):
+    """Keeps what the client writes, for the server side to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Etcd:
+    """h2's server side of one connection, standing in for etcd."""
+
+    def __init__(self, window: int) -> None:
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.initiate_connection()
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.wire = _Wire()
+        self.client = KeepAlives("etcd:2379")
+        self.client.connection_made(self.wire)
+        self.received = b""
+        self.exchange()
+
+    def exchange(self) -> None:
+        """Let each side read what the other wrote."""
+        for _ in range(4):
+            for event in self.h2.receive_data(bytes(self.wire.sent)):
+                if isinstance(event, h2.events.DataReceived):
+                    self.received += event.data
+            self.wire.sent.clear()
+            self.client.data_received(self.h2.data_to_send())
+
+    def reply(self, ttls: list[int]) -> None:
+        """A reply for each of ``ttls``, cut into DATA frames of 7 bytes, across messages."""
+        self.h2.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+        bodies = [aetcd.rpc.LeaseKeepAliveResponse(ID=LEASE, TTL=ttl).SerializeToString()
+                  for ttl in ttls]
+        data = b"".join(b"\x00" + len(body).to_bytes(4, "big") + body for body in bodies)
+        for start in range(0, len(data), 7):
+            self.h2.send_data(1, data[start:start + 7])
+
+
+async def test_keepalives_wait_for_the_window_and_replies_may_come_in_any_pieces() -> None:
+    etcd = _Etcd(window=40)  # three keepalives, not four
+    renewals = [etcd.client.renew(LEASE) for _ in range(5)]
+    etcd.exchange()
+    assert len(etcd.received) == 39
+    etcd.h2.acknowledge_received_data(39, 1)  # etcd read them: the window opens again
+    etcd.exchange()
+    assert len(etcd.received) == 65
+    etcd.reply([30, 31, 32, 33, 0])
+    etcd.exchange()
+    assert [r.result() for r in renewals] == [30, 31, 32, 33, 0]
+    assert not etcd.client.closed
+
+
+async def test_an_error_from_etcd_ends_the_stream_and_fails_what_waits() -> None:
+    etcd = _Etcd(window=65535)
+    waiting = etcd.client.renew(LEASE)
+    etcd.exchange()
+    etcd.h2.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                             (b"grpc-status", b"14"),
+                             (b"grpc-message", b"etcdserver: no leader")], end_stream=True)
+    etcd.exchange()
+    with pytest.raises(BackendUnavailable, match="no leader"):
+        waiting.result()
+    assert etcd.client.closed and etcd.wire.closed
+    with pytest.raises(BackendUnavailable):
+        etcd.client.renew(LEASE)
