@@ -32,7 +32,7 @@ import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from kazoo.client import KazooClient
@@ -43,9 +43,19 @@ from kazoo.exceptions import (
     NoNodeError,
     NotEmptyError,
     RolledBackError,
+    UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.handlers.utils import selector_select
+from kazoo.protocol.serialization import (
+    GetData,
+    MultiHeader,
+    int_struct,
+    multiheader_struct,
+    read_buffer,
+    stat_struct,
+    write_string,
+)
 from kazoo.protocol.states import KazooState
 
 from backends import stored
@@ -85,6 +95,37 @@ class _Handler(SequentialThreadingHandler):
 
     def select(self, *args: Any, **kwargs: Any) -> Any:
         return selector_select(*args, selectors_module=_POLL, **kwargs)
+
+
+class _Reads(NamedTuple):
+    """ZooKeeper's multiRead (3.6 on), which kazoo lacks: the data of several znodes in one
+    request, None for each that is missing. Its wire form is that of a multi (kazoo's
+    ``Transaction``) of gets."""
+
+    paths: tuple[str, ...]
+    type = 22
+
+    def serialize(self) -> bytes:
+        request = bytearray()
+        for path in self.paths:
+            request += multiheader_struct.pack(GetData.type, False, -1) + write_string(path)
+            request += b"\x00"  # no watch
+        return bytes(request + multiheader_struct.pack(-1, True, -1))
+
+    @classmethod
+    def deserialize(cls, reply: bytes, offset: int) -> list[bytes | None]:
+        found: list[bytes | None] = []
+        header, offset = MultiHeader.deserialize(reply, offset)
+        while not header.done:
+            if header.type == GetData.type:
+                data, offset = read_buffer(reply, offset)
+                offset += stat_struct.size
+                found.append(data)
+            else:  # an error, with its code
+                offset += int_struct.size
+                found.append(None)
+            header, offset = MultiHeader.deserialize(reply, offset)
+        return found
 
 
 @dataclass(slots=True)
@@ -172,7 +213,8 @@ class ZooKeeperBackend:
         try:
             start().rawlink(hand_over)
             return await asyncio.wait_for(future, REQUEST_TIMEOUT)
-        except (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError):
+        except (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError,
+                UnimplementedError):
             raise
         except (KazooException, KazooTimeoutError, TimeoutError) as error:
             raise BackendUnavailable(f"zookeeper: {type(error).__name__} {error}") from None
@@ -195,6 +237,11 @@ class ZooKeeperBackend:
         for path in ("revision", "log", "services", "endpoints", "clusterips", "leases",
                      "reaper"):
             await asyncio.to_thread(self.zk.ensure_path, f"{self._root}/{path}")
+        try:
+            await self._read((self._revision_path,))
+        except UnimplementedError:
+            raise BackendUnavailable("zookeeper: sdns needs ZooKeeper 3.6 or later, which "
+                                     "reads several znodes in one request (multiRead)") from None
         threading.Thread(target=self._elect, name="sdns-reaper-election", daemon=True).start()
         self._tasks.append(asyncio.create_task(self._reap(), name="zookeeper-reaper"))
 
@@ -290,12 +337,11 @@ class ZooKeeperBackend:
                 for event in stored.load_events(own):
                     yield event
                 following += 1
-            entries = await asyncio.gather(*(self._get(self._log_path(following + i))
-                                             for i in range(ahead)))
+            entries = await self._read_log(following, ahead)
             for entry in entries:
                 if entry is None:
                     break
-                for event in stored.load_events(entry[0]):
+                for event in stored.load_events(entry):
                     yield event
                 following += 1
             if entries[-1] is not None:
@@ -313,6 +359,22 @@ class ZooKeeperBackend:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._log_written.wait(), POLL_INTERVAL)
+
+    async def _read_log(self, first: int, count: int) -> list[bytes | None]:
+        """Log entries ``first`` to ``first + count - 1``, None for each not written."""
+        return await self._read(tuple(self._log_path(first + i) for i in range(count)))
+
+    async def _read(self, paths: tuple[str, ...]) -> list[bytes | None]:
+        """The data of each of ``paths`` (None where there is no such znode), in one request:
+        a follower read each log entry with a get of its own, and that cost a second replica
+        about 450 us of CPU per change it followed."""
+
+        def start() -> Any:
+            result = self.zk.handler.async_result()
+            self.zk._call(_Reads(paths), result)  # as kazoo's get_async queues a get
+            return result
+
+        return await self._bridge(start)
 
     async def get_service(self, key: ServiceKey) -> Service | None:
         found = await self._get(self._service_path(key))
