@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -176,10 +177,14 @@ async def watch(request: web.Request) -> web.StreamResponse:
     changes = _registry(request).changes(since)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    async for event in changes:
-        if not _covers(request, event.key.namespace):
-            continue
-        await response.write(json.dumps(event.to_json()).encode() + b"\n")
+    async with contextlib.aclosing(changes):
+        try:
+            async for event in changes:
+                if not _covers(request, event.key.namespace):
+                    continue
+                await response.write(json.dumps(event.to_json()).encode() + b"\n")
+        except ConnectionResetError:  # the client left, as watchers do: nothing to report
+            return response
     await response.write_eof()
     return response
 

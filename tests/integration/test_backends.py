@@ -4,6 +4,7 @@ on one store, and surviving the store going away."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -66,6 +67,25 @@ def test_watch_rejects_a_bad_revision(sdns: SdnsProcess) -> None:
     reply = sdns.api.get("/v1/watch?since=abc")
     assert reply.status == 400
     assert reply.body["field"] == "since"
+
+
+def test_a_watcher_that_leaves_is_no_error(make_sdns: MakeSdns, ns: str) -> None:
+    process = make_sdns()
+    client = socket.create_connection(("127.0.0.1", process.api_port))
+    client.sendall(b"GET /v1/watch HTTP/1.1\r\nHost: sdns\r\n\r\n")
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    port = client.getsockname()[1]
+    client.close()
+
+    def served() -> bool:
+        """Whether sdns still holds the watch's connection (once it has tried writing to
+        it: each change it sends may find it closed)."""
+        process.api.put(f"/v1/services/{ns}/s{time.monotonic_ns()}", {})
+        ends = f":{process.api_port:04X} 0100007F:{port:04X} "
+        return ends in Path("/proc/net/tcp").read_text()
+
+    wait_until(lambda: not served(), timeout=5)
+    assert "Error handling request" not in process.output()
 
 
 def test_readyz(sdns: SdnsProcess) -> None:
