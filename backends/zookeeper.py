@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import orjson
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    EXCEPTIONS,
     BadVersionError,
     KazooException,
     NodeExistsError,
@@ -56,7 +57,7 @@ from kazoo.protocol.serialization import (
     stat_struct,
     write_string,
 )
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, ZnodeStat
 
 from backends import stored
 from sdns.config import Config
@@ -77,6 +78,7 @@ LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new
 MAX_TRANSACTION = 900_000
 MAX_BATCH = 64  # writes in one group commit
 READ_AHEAD = 64  # log entries a follower reads at once
+READS = 128  # gets in one multiRead
 REMEMBERED_LEASES = 100_000  # leases whose last write here is kept for one-step renewals
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
 
@@ -98,9 +100,9 @@ class _Handler(SequentialThreadingHandler):
 
 
 class _Reads(NamedTuple):
-    """ZooKeeper's multiRead (3.6 on), which kazoo lacks: the data of several znodes in one
-    request, None for each that is missing. Its wire form is that of a multi (kazoo's
-    ``Transaction``) of gets."""
+    """ZooKeeper's multiRead (3.6 on), which kazoo lacks: the data and stat of several znodes
+    in one request, None for each that is missing (or the error ZooKeeper gave). Its wire form
+    is that of a multi (kazoo's ``Transaction``) of gets."""
 
     paths: tuple[str, ...]
     type = 22
@@ -113,17 +115,18 @@ class _Reads(NamedTuple):
         return bytes(request + multiheader_struct.pack(-1, True, -1))
 
     @classmethod
-    def deserialize(cls, reply: bytes, offset: int) -> list[bytes | None]:
-        found: list[bytes | None] = []
+    def deserialize(cls, reply: bytes, offset: int) -> list[Any]:
+        found: list[Any] = []
         header, offset = MultiHeader.deserialize(reply, offset)
         while not header.done:
             if header.type == GetData.type:
                 data, offset = read_buffer(reply, offset)
+                found.append((data, ZnodeStat._make(stat_struct.unpack_from(reply, offset))))
                 offset += stat_struct.size
-                found.append(data)
             else:  # an error, with its code
+                code = int_struct.unpack_from(reply, offset)[0]
                 offset += int_struct.size
-                found.append(None)
+                found.append(None if code == NoNodeError.code else EXCEPTIONS[code]())
             header, offset = MultiHeader.deserialize(reply, offset)
         return found
 
@@ -174,6 +177,8 @@ class ZooKeeperBackend:
         self._renewing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
+        self._gets: list[tuple[str, asyncio.Future[Any]]] = []  # to read in this loop turn
+        self._reads: set[asyncio.Task[None]] = set()
         self._log_written = asyncio.Event()
         # The leases the reaper knows, and when each is due as last read: it reads a lease
         # again when due, since a renewal through another replica tells nobody.
@@ -247,7 +252,7 @@ class ZooKeeperBackend:
 
     async def close(self) -> None:
         self._stopping.set()
-        for task in [*self._tasks, self._committing, self._renewing]:
+        for task in [*self._tasks, self._committing, self._renewing, *self._reads]:
             if task is not None:
                 await cancel(task)
         await asyncio.to_thread(self.zk.stop)
@@ -282,10 +287,35 @@ class ZooKeeperBackend:
         return None if found is None else (stored.load_endpoint(found[0]), found[1])
 
     async def _get(self, path: str) -> tuple[bytes, Any] | None:
+        """(data, stat) of ``path``, None when there is none. The gets asked for in one turn
+        of the loop (a group commit's plans, a snapshot's reads) go out together, READS to a
+        multiRead: each get had been a request through kazoo's thread of its own."""
+        answered: asyncio.Future[tuple[bytes, Any] | None] = \
+            asyncio.get_running_loop().create_future()
+        if not self._gets:
+            asyncio.get_running_loop().call_soon(self._read_gets)
+        self._gets.append((path, answered))
+        return await answered
+
+    def _read_gets(self) -> None:
+        gets, self._gets = self._gets, []
+        for start in range(0, len(gets), READS):
+            task = asyncio.create_task(self._answer(gets[start:start + READS]))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _answer(self, gets: list[tuple[str, asyncio.Future[Any]]]) -> None:
         try:
-            return await self._call("get", path)
-        except NoNodeError:
-            return None
+            found = await self._read(tuple(path for path, _ in gets))
+        except Exception as error:  # handed to each get that waits for it
+            for _, answered in gets:
+                settle(answered, None, error)
+            return
+        for (_, answered), one in zip(gets, found, strict=True):
+            if isinstance(one, Exception):
+                settle(answered, None, BackendUnavailable(f"zookeeper: {type(one).__name__}"))
+            else:
+                settle(answered, one)
 
     async def _children(self, path: str) -> list[str]:
         try:
@@ -362,12 +392,16 @@ class ZooKeeperBackend:
 
     async def _read_log(self, first: int, count: int) -> list[bytes | None]:
         """Log entries ``first`` to ``first + count - 1``, None for each not written."""
-        return await self._read(tuple(self._log_path(first + i) for i in range(count)))
+        found = await self._read(tuple(self._log_path(first + i) for i in range(count)))
+        for one in found:
+            if isinstance(one, Exception):
+                raise one
+        return [None if one is None else one[0] for one in found]
 
-    async def _read(self, paths: tuple[str, ...]) -> list[bytes | None]:
-        """The data of each of ``paths`` (None where there is no such znode), in one request:
-        a follower read each log entry with a get of its own, and that cost a second replica
-        about 450 us of CPU per change it followed."""
+    async def _read(self, paths: tuple[str, ...]) -> list[Any]:
+        """What ``_Reads`` answers for ``paths``, in one request: a follower read each log
+        entry with a get of its own, and that cost a second replica about 450 us of CPU per
+        change it followed."""
 
         def start() -> Any:
             result = self.zk.handler.async_result()

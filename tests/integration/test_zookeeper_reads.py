@@ -1,5 +1,5 @@
-"""A ZooKeeper replica reads the log many entries to a request (multiRead, which kazoo lacks),
-on a real ZooKeeper."""
+"""A ZooKeeper replica reads many znodes to a request (multiRead, which kazoo lacks): the log as
+it follows it, and the gets of one turn of its loop; on a real ZooKeeper."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from backends import zookeeper
 from backends.zookeeper import ZooKeeperBackend
 from sdns.errors import BackendUnavailable
-from sdns.model import Event, Service
+from sdns.model import Event, Service, ServiceType
 from tests.helpers.servers import ZooKeeper
 
 
@@ -37,14 +37,20 @@ async def test_a_replica_follows_group_commits_written_by_another(
         following = asyncio.create_task(follow())
         revisions = []
         for wave in range(3):
-            revisions += await asyncio.gather(*(writer.put_service(
-                Service("reads", f"s{i}")) for i in range(wave * 50, wave * 50 + 50)))
+            revisions += await asyncio.gather(*(writer.put_service(Service(
+                "reads", f"s{i}", ServiceType.EXTERNAL_NAME, external_name=f"h{i}.example"))
+                for i in range(wave * 50, wave * 50 + 50)))
         assert sorted(revisions) == list(range(since, since + 150))
         async with asyncio.timeout(10):
             events = await following
         assert [e.revision for e in events] == sorted(revisions)
         by_revision = {r: f"s{i}" for i, r in enumerate(revisions)}
         assert [e.key.name for e in events] == [by_revision[e.revision] for e in events]
+        # a snapshot reads them back many gets to a request, past one request's worth
+        async with asyncio.timeout(10):
+            listed = (await follower.snapshot()).services
+        assert sorted((s.name, s.external_name) for s in listed) == sorted(
+            (f"s{i}", f"h{i}.example") for i in range(150))
     finally:
         await writer.close()
         await follower.close()
