@@ -312,10 +312,7 @@ class ZooKeeperBackend:
                 settle(answered, None, error)
             return
         for (_, answered), one in zip(gets, found, strict=True):
-            if isinstance(one, Exception):
-                settle(answered, None, BackendUnavailable(f"zookeeper: {type(one).__name__}"))
-            else:
-                settle(answered, one)
+            settle(answered, one)
 
     async def _children(self, path: str) -> list[str]:
         try:
@@ -393,22 +390,23 @@ class ZooKeeperBackend:
     async def _read_log(self, first: int, count: int) -> list[bytes | None]:
         """Log entries ``first`` to ``first + count - 1``, None for each not written."""
         found = await self._read(tuple(self._log_path(first + i) for i in range(count)))
-        for one in found:
-            if isinstance(one, Exception):
-                raise one
         return [None if one is None else one[0] for one in found]
 
-    async def _read(self, paths: tuple[str, ...]) -> list[Any]:
-        """What ``_Reads`` answers for ``paths``, in one request: a follower read each log
-        entry with a get of its own, and that cost a second replica about 450 us of CPU per
-        change it followed."""
+    async def _read(self, paths: tuple[str, ...]) -> list[tuple[bytes, Any] | None]:
+        """(data, stat) of each of ``paths``, None for each that is missing, in one request:
+        a follower read each log entry with a get of its own, and that cost a second replica
+        about 450 us of CPU per change it followed."""
 
         def start() -> Any:
             result = self.zk.handler.async_result()
             self.zk._call(_Reads(paths), result)  # as kazoo's get_async queues a get
             return result
 
-        return await self._bridge(start)
+        found: list[Any] = await self._bridge(start)
+        for path, one in zip(paths, found, strict=True):
+            if isinstance(one, Exception):  # not a missing znode: ZooKeeper refused the read
+                raise BackendUnavailable(f"zookeeper: {type(one).__name__} reading {path}")
+        return found
 
     async def get_service(self, key: ServiceKey) -> Service | None:
         found = await self._get(self._service_path(key))
