@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.servers import (
-    Etcd,
-    ZooKeeper,
-    backend_args,
-    missing_etcd,
-    missing_zookeeper,
-)
+from tests.helpers.servers import Etcd, ZooKeeper, backend_args, running
 from tests.helpers.support import SdnsProcess
 
 BACKENDS = ["memory", "etcd", "zookeeper"]
@@ -23,22 +17,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[Etcd]:
-    reason = missing_etcd()
-    if reason:
-        pytest.skip(reason)
-    server = Etcd().start()
-    yield server
-    server.remove()
+    with running(Etcd) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def zookeeper_server() -> Iterator[ZooKeeper]:
-    reason = missing_zookeeper()
-    if reason:
-        pytest.skip(reason)
-    server = ZooKeeper().start()
-    yield server
-    server.remove()
+    with running(ZooKeeper) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -142,6 +145,24 @@ class ZooKeeper(Server):
     def command(self) -> list[str]:
         return ["java", "-cp", ZOOKEEPER_CLASSPATH, f"-Dzookeeper.log.dir={self.dir}",
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.dir / "zoo.cfg")]
+
+
+S = TypeVar("S", Etcd, ZooKeeper)
+
+
+@contextlib.contextmanager
+def running(kind: type[S]) -> Iterator[S]:
+    """A started server of ``kind``, removed with its data at the end; the test skips, saying
+    why, when the machine lacks it."""
+    reason = missing_etcd() if kind is Etcd else missing_zookeeper()
+    if reason:
+        pytest.skip(reason)
+    server = kind()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 def backend_args(request: pytest.FixtureRequest, backend: str) -> list[str]:

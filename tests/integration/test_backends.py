@@ -16,7 +16,7 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.helpers.servers import Etcd, ZooKeeper, backend_args, missing_etcd, missing_zookeeper
+from tests.helpers.servers import Etcd, ZooKeeper, backend_args, missing_etcd, running
 from tests.helpers.support import SDNS, Api, SdnsProcess, Watch, free_port, query, wait_until
 
 DISTRIBUTED = ["etcd", "zookeeper"]
@@ -166,14 +166,9 @@ def test_concurrent_allocation_across_replicas(make_sdns: MakeSdns, shared: list
 @pytest.fixture(params=DISTRIBUTED)
 def own_backend(request: pytest.FixtureRequest) -> Iterator[tuple[Etcd | ZooKeeper, list[str]]]:
     """A backend server of this test's own, which it may kill and restart."""
-    reason = missing_etcd() if request.param == "etcd" else missing_zookeeper()
-    if reason:
-        pytest.skip(reason)
-    server = Etcd() if request.param == "etcd" else ZooKeeper()
-    server.start()
     flag = "--etcd-endpoints" if request.param == "etcd" else "--zk-hosts"
-    yield server, ["--backend", request.param, flag, server.endpoint]
-    server.remove()
+    with running(Etcd if request.param == "etcd" else ZooKeeper) as server:
+        yield server, ["--backend", request.param, flag, server.endpoint]
 
 
 class Traffic:

@@ -12,17 +12,14 @@ import pytest
 
 from backends.etcd import EtcdBackend
 from sdns.errors import BackendUnavailable, NotFound
-from tests.helpers.servers import Etcd, missing_etcd
+from tests.helpers.servers import Etcd, running
 
 
 @pytest.fixture
 def own_etcd() -> Iterator[Etcd]:
-    reason = missing_etcd()
-    if reason:
-        pytest.skip(reason)
-    server = Etcd().start()
-    yield server
-    server.remove()
+    """An etcd of this test's own, which it may kill and restart."""
+    with running(Etcd) as server:
+        yield server
 
 
 async def _store(endpoint: str) -> EtcdBackend:
