@@ -250,6 +250,7 @@ def test_etcd_cluster_survives_losing_its_leader(make_sdns: MakeSdns, ns: str) -
         for t in starters:
             t.join()
         # the leader first: renewals' stream goes to the first member, and must move on
+        wait_until(lambda: any(m.is_leader() for m in members), timeout=10, interval=0.2)
         leader = next(m for m in members if m.is_leader())
         endpoints = ",".join(m.endpoint for m in sorted(members, key=lambda m: m != leader))
         process = make_sdns("--backend", "etcd", "--etcd-endpoints", endpoints)
