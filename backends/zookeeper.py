@@ -49,11 +49,13 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.handlers.utils import selector_select
 from kazoo.protocol.serialization import (
+    GetChildren,
     GetData,
     MultiHeader,
     int_struct,
     multiheader_struct,
     read_buffer,
+    read_string,
     stat_struct,
     write_string,
 )
@@ -100,17 +102,18 @@ class _Handler(SequentialThreadingHandler):
 
 
 class _Reads(NamedTuple):
-    """ZooKeeper's multiRead (3.6 on), which kazoo lacks: the data and stat of several znodes
-    in one request, None for each that is missing (or the error ZooKeeper gave). Its wire form
-    is that of a multi (kazoo's ``Transaction``) of gets."""
+    """ZooKeeper's multiRead (3.6 on), which kazoo lacks: several reads in one request, each a
+    get, answered (data, stat), or a list of children, answered as the names; None for each
+    znode that is missing (or the error ZooKeeper gave). Its wire form is that of a multi
+    (kazoo's ``Transaction``) of reads."""
 
-    paths: tuple[str, ...]
+    ops: tuple[tuple[int, str], ...]  # (GetData.type or GetChildren.type, path)
     type = 22
 
     def serialize(self) -> bytes:
         request = bytearray()
-        for path in self.paths:
-            request += multiheader_struct.pack(GetData.type, False, -1) + write_string(path)
+        for op, path in self.ops:
+            request += multiheader_struct.pack(op, False, -1) + write_string(path)
             request += b"\x00"  # no watch
         return bytes(request + multiheader_struct.pack(-1, True, -1))
 
@@ -123,6 +126,14 @@ class _Reads(NamedTuple):
                 data, offset = read_buffer(reply, offset)
                 found.append((data, ZnodeStat._make(stat_struct.unpack_from(reply, offset))))
                 offset += stat_struct.size
+            elif header.type == GetChildren.type:
+                count = int_struct.unpack_from(reply, offset)[0]
+                offset += int_struct.size
+                names = []
+                for _ in range(max(count, 0)):
+                    name, offset = read_string(reply, offset)
+                    names.append(name)
+                found.append(names)
             else:  # an error, with its code
                 code = int_struct.unpack_from(reply, offset)[0]
                 offset += int_struct.size
@@ -177,7 +188,7 @@ class ZooKeeperBackend:
         self._renewing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._made: set[str] = set()
-        self._gets: list[tuple[str, asyncio.Future[Any]]] = []  # to read in this loop turn
+        self._soon: list[tuple[tuple[int, str], asyncio.Future[Any]]] = []  # this loop turn's
         self._reads: set[asyncio.Task[None]] = set()
         self._log_written = asyncio.Event()
         # The leases the reaper knows, and when each is due as last read: it reads a lease
@@ -243,7 +254,7 @@ class ZooKeeperBackend:
                      "reaper"):
             await asyncio.to_thread(self.zk.ensure_path, f"{self._root}/{path}")
         try:
-            await self._read((self._revision_path,))
+            await self._read(((GetData.type, self._revision_path),))
         except UnimplementedError:
             raise BackendUnavailable("zookeeper: sdns needs ZooKeeper 3.6 or later, which "
                                      "reads several znodes in one request (multiRead)") from None
@@ -287,38 +298,38 @@ class ZooKeeperBackend:
         return None if found is None else (stored.load_endpoint(found[0]), found[1])
 
     async def _get(self, path: str) -> tuple[bytes, Any] | None:
-        """(data, stat) of ``path``, None when there is none. The gets asked for in one turn
-        of the loop (a group commit's plans, a snapshot's reads) go out together, READS to a
-        multiRead: each get had been a request through kazoo's thread of its own."""
-        answered: asyncio.Future[tuple[bytes, Any] | None] = \
-            asyncio.get_running_loop().create_future()
-        if not self._gets:
-            asyncio.get_running_loop().call_soon(self._read_gets)
-        self._gets.append((path, answered))
+        """(data, stat) of ``path``, None when there is none."""
+        return await self._read_soon(GetData.type, path)
+
+    async def _children(self, path: str) -> list[str]:
+        return await self._read_soon(GetChildren.type, path) or []
+
+    async def _read_soon(self, op: int, path: str) -> Any:
+        """What ``_Reads`` answers for one read. The reads asked for in one turn of the loop
+        (a group commit's plans, a snapshot's levels) go out together, READS to a multiRead:
+        each had been a request through kazoo's thread of its own."""
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._soon:
+            asyncio.get_running_loop().call_soon(self._read_batches)
+        self._soon.append(((op, path), answered))
         return await answered
 
-    def _read_gets(self) -> None:
-        gets, self._gets = self._gets, []
-        for start in range(0, len(gets), READS):
-            task = asyncio.create_task(self._answer(gets[start:start + READS]))
+    def _read_batches(self) -> None:
+        soon, self._soon = self._soon, []
+        for start in range(0, len(soon), READS):
+            task = asyncio.create_task(self._answer(soon[start:start + READS]))
             self._reads.add(task)
             task.add_done_callback(self._reads.discard)
 
-    async def _answer(self, gets: list[tuple[str, asyncio.Future[Any]]]) -> None:
+    async def _answer(self, reads: list[tuple[tuple[int, str], asyncio.Future[Any]]]) -> None:
         try:
-            found = await self._read(tuple(path for path, _ in gets))
-        except Exception as error:  # handed to each get that waits for it
-            for _, answered in gets:
+            found = await self._read(tuple(op for op, _ in reads))
+        except Exception as error:  # handed to each read that waits for it
+            for _, answered in reads:
                 settle(answered, None, error)
             return
-        for (_, answered), one in zip(gets, found, strict=True):
+        for (_, answered), one in zip(reads, found, strict=True):
             settle(answered, one)
-
-    async def _children(self, path: str) -> list[str]:
-        try:
-            return await self._call("get_children", path)
-        except NoNodeError:
-            return []
 
     async def _ensure(self, path: str) -> None:
         if path not in self._made:
@@ -389,21 +400,22 @@ class ZooKeeperBackend:
 
     async def _read_log(self, first: int, count: int) -> list[bytes | None]:
         """Log entries ``first`` to ``first + count - 1``, None for each not written."""
-        found = await self._read(tuple(self._log_path(first + i) for i in range(count)))
+        found = await self._read(tuple((GetData.type, self._log_path(first + i))
+                                       for i in range(count)))
         return [None if one is None else one[0] for one in found]
 
-    async def _read(self, paths: tuple[str, ...]) -> list[tuple[bytes, Any] | None]:
-        """(data, stat) of each of ``paths``, None for each that is missing, in one request:
-        a follower read each log entry with a get of its own, and that cost a second replica
-        about 450 us of CPU per change it followed."""
+    async def _read(self, ops: tuple[tuple[int, str], ...]) -> list[Any]:
+        """What ``_Reads`` answers for ``ops``, in one request: a follower read each log entry
+        with a get of its own, and that cost a second replica about 450 us of CPU per change
+        it followed."""
 
         def start() -> Any:
             result = self.zk.handler.async_result()
-            self.zk._call(_Reads(paths), result)  # as kazoo's get_async queues a get
+            self.zk._call(_Reads(ops), result)  # as kazoo's get_async queues a get
             return result
 
         found: list[Any] = await self._bridge(start)
-        for path, one in zip(paths, found, strict=True):
+        for (_, path), one in zip(ops, found, strict=True):
             if isinstance(one, Exception):  # not a missing znode: ZooKeeper refused the read
                 raise BackendUnavailable(f"zookeeper: {type(one).__name__} reading {path}")
         return found
