@@ -359,11 +359,20 @@ class ZooKeeperBackend:
         """(path parts, data) of every znode ``depth`` levels below ``root``."""
         level: list[tuple[str, ...]] = [()]
         for _ in range(depth):
-            lists = await asyncio.gather(*(self._children("/".join((root, *p))) for p in level))
+            lists = await self._read_all(GetChildren.type, ["/".join((root, *p)) for p in level])
             level = [(*p, child) for p, children in zip(level, lists, strict=True)
-                     for child in children]
-        found = await asyncio.gather(*(self._get("/".join((root, *p))) for p in level))
+                     for child in children or ()]
+        found = await self._read_all(GetData.type, ["/".join((root, *p)) for p in level])
         return [(p, got[0]) for p, got in zip(level, found, strict=True) if got is not None]
+
+    async def _read_all(self, op: int, paths: list[str]) -> list[Any]:
+        """``_read`` of every one of ``paths``, READS to a request, all sent at once: a task
+        per chunk, where a read each (a task per znode under ``gather``) held 300,000 tasks
+        at once for a snapshot of 100,000 services."""
+        chunks = await asyncio.gather(*(self._read(tuple((op, path) for path in
+                                                         paths[start:start + READS]))
+                                        for start in range(0, len(paths), READS)))
+        return [one for chunk in chunks for one in chunk]
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
         following = since
