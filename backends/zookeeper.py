@@ -80,7 +80,7 @@ LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new
 MAX_TRANSACTION = 900_000
 MAX_BATCH = 64  # writes in one group commit
 READ_AHEAD = 64  # log entries a follower reads at once
-READS = 128  # gets in one multiRead
+READS = 128  # reads in one multiRead
 REMEMBERED_LEASES = 100_000  # leases whose last write here is kept for one-step renewals
 POLL_INTERVAL = 1.0  # a follower re-reads the log this often even without a watch firing
 
@@ -316,14 +316,13 @@ class ZooKeeperBackend:
 
     def _read_batches(self) -> None:
         soon, self._soon = self._soon, []
-        for start in range(0, len(soon), READS):
-            task = asyncio.create_task(self._answer(soon[start:start + READS]))
-            self._reads.add(task)
-            task.add_done_callback(self._reads.discard)
+        task = asyncio.create_task(self._answer(soon))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
 
     async def _answer(self, reads: list[tuple[tuple[int, str], asyncio.Future[Any]]]) -> None:
         try:
-            found = await self._read(tuple(op for op, _ in reads))
+            found = await self._read_all([op for op, _ in reads])
         except Exception as error:  # handed to each read that waits for it
             for _, answered in reads:
                 settle(answered, None, error)
@@ -359,19 +358,19 @@ class ZooKeeperBackend:
         """(path parts, data) of every znode ``depth`` levels below ``root``."""
         level: list[tuple[str, ...]] = [()]
         for _ in range(depth):
-            lists = await self._read_all(GetChildren.type, ["/".join((root, *p)) for p in level])
+            lists = await self._read_all([(GetChildren.type, "/".join((root, *p)))
+                                          for p in level])
             level = [(*p, child) for p, children in zip(level, lists, strict=True)
                      for child in children or ()]
-        found = await self._read_all(GetData.type, ["/".join((root, *p)) for p in level])
+        found = await self._read_all([(GetData.type, "/".join((root, *p))) for p in level])
         return [(p, got[0]) for p, got in zip(level, found, strict=True) if got is not None]
 
-    async def _read_all(self, op: int, paths: list[str]) -> list[Any]:
-        """``_read`` of every one of ``paths``, READS to a request, all sent at once: a task
-        per chunk, where a read each (a task per znode under ``gather``) held 300,000 tasks
-        at once for a snapshot of 100,000 services."""
-        chunks = await asyncio.gather(*(self._read(tuple((op, path) for path in
-                                                         paths[start:start + READS]))
-                                        for start in range(0, len(paths), READS)))
+    async def _read_all(self, ops: list[tuple[int, str]]) -> list[Any]:
+        """``_read`` of every one of ``ops``, READS to a request, all sent at once: a task per
+        chunk, where a read each (a task per znode under ``gather``) held 300,000 tasks at
+        once for a snapshot of 100,000 services."""
+        chunks = await asyncio.gather(*(self._read(tuple(ops[start:start + READS]))
+                                        for start in range(0, len(ops), READS)))
         return [one for chunk in chunks for one in chunk]
 
     async def watch(self, since: int) -> AsyncIterator[Event]:
