@@ -81,13 +81,15 @@ class KeepAlives(asyncio.Protocol):
         self._waiting.setdefault(lease, deque()).append(answered)
         return answered
 
-    def _send(self, message: bytes) -> None:
-        unsent = self._unsent + message
-        if self._h2.local_flow_control_window(self._stream) < len(unsent):
-            self._unsent = unsent  # sent when etcd opens the window again
-            return
-        self._unsent = b""
-        self._h2.send_data(self._stream, unsent)
+    def _send(self, data: bytes) -> None:
+        """Send ``data`` after what waits already, as far as etcd's flow-control window
+        allows, in frames no larger than it takes; the rest waits for the window to open."""
+        unsent = self._unsent + data
+        while size := min(len(unsent), self._h2.local_flow_control_window(self._stream),
+                          self._h2.max_outbound_frame_size):
+            self._h2.send_data(self._stream, unsent[:size])
+            unsent = unsent[size:]
+        self._unsent = unsent
         self._flush()
 
     def _flush(self) -> None:

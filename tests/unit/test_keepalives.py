@@ -68,17 +68,30 @@ class _Etcd:
 
 
 async def test_keepalives_wait_for_the_window_and_replies_may_come_in_any_pieces() -> None:
-    etcd = _Etcd(window=40)  # three keepalives, not four
+    etcd = _Etcd(window=40)  # three keepalives and a byte of the fourth
     renewals = [etcd.client.renew(LEASE) for _ in range(5)]
     etcd.exchange()
-    assert len(etcd.received) == 39
-    etcd.h2.acknowledge_received_data(39, 1)  # etcd read them: the window opens again
+    assert len(etcd.received) == 40
+    etcd.h2.acknowledge_received_data(40, 1)  # etcd read them: the window opens again
     etcd.exchange()
     assert len(etcd.received) == 65
     etcd.reply([30, 31, 32, 33, 0])
     etcd.exchange()
     assert [r.result() for r in renewals] == [30, 31, 32, 33, 0]
     assert not etcd.client.closed
+
+
+async def test_what_waited_for_the_window_leaves_in_frames_etcd_takes() -> None:
+    etcd = _Etcd(window=40)
+    renewals = [etcd.client.renew(LEASE) for _ in range(2000)]  # 26,000 bytes
+    etcd.exchange()
+    etcd.h2.increment_flow_control_window(100_000)  # the connection's window
+    etcd.h2.increment_flow_control_window(100_000, 1)  # and the stream's
+    etcd.exchange()  # h2 refuses a frame over 16,384 bytes, the largest etcd takes
+    assert len(etcd.received) == 26_000
+    etcd.reply([30] * 2000)
+    etcd.exchange()
+    assert {r.result() for r in renewals} == {30}
 
 
 async def test_an_error_from_etcd_ends_the_stream_and_fails_what_waits() -> None:
