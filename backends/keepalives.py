@@ -6,7 +6,8 @@ message is a batch operation whose completion gRPC's poller thread hands to the 
 a renewal cost sdns about 145 us of CPU (6,600 renewals/s on one core, etcd on the other).
 Here a message is a frame written to the socket and a frame parsed from it: about 45 us, and
 etcd becomes the limit at 15,000 to 20,000 renewals/s. Heartbeats through the API went from
-about 3,000/s to 6,200-7,700/s (measurements in docs/PERFORMANCE.md).
+about 3,000/s to 6,200-7,700/s (measurements in docs/PERFORMANCE.md). Keepalives linger for
+company (backends/linger.py) and leave together in one frame.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from backends.linger import Linger
 from sdns.errors import BackendUnavailable
 from sdns.tasks import settle
 
@@ -42,6 +44,8 @@ class KeepAlives(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._stream = 0
         self._unsent = b""  # what etcd's flow-control window does not take yet
+        self._lingering: list[bytes] = []  # keepalives waiting for company
+        self._linger = Linger(self._leave)
         self._received = b""  # the start of a message whose end is still to come
         self._waiting: dict[int, deque[asyncio.Future[int]]] = {}
 
@@ -76,10 +80,15 @@ class KeepAlives(asyncio.Protocol):
         if self.closed:
             raise BackendUnavailable("etcd: the keepalive stream ended")
         body = aetcd.rpc.LeaseKeepAliveRequest(ID=lease).SerializeToString()
-        self._send(b"\x00" + len(body).to_bytes(4, "big") + body)  # a gRPC message
         answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(lease, deque()).append(answered)
+        self._lingering.append(b"\x00" + len(body).to_bytes(4, "big") + body)  # a gRPC message
+        self._linger.came(len(self._lingering))
         return answered
+
+    def _leave(self) -> None:
+        messages, self._lingering = self._lingering, []
+        self._send(b"".join(messages))
 
     def _send(self, data: bytes) -> None:
         """Send ``data`` after what waits already, as far as etcd's flow-control window
@@ -138,6 +147,7 @@ class KeepAlives(asyncio.Protocol):
     def end(self, reason: str) -> None:
         """Close the stream; every renewal waiting hears ``reason``."""
         self.closed = True
+        self._linger.cancel()
         if self._transport is not None:
             self._transport.close()
         for waiting in self._waiting.values():

@@ -5,6 +5,7 @@ split a reply anywhere). tests/integration/test_etcd_keepalives.py runs it on a 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aetcd.rpc
 import h2.config
@@ -14,6 +15,7 @@ import h2.settings
 import pytest
 
 from backends.keepalives import KeepAlives
+from backends.linger import COMPANY, LINGER
 from sdns.errors import BackendUnavailable
 
 LEASE = 0x7587ABC1234  # a keepalive of it is a message of 13 bytes
@@ -46,6 +48,7 @@ class _Etcd:
         self.client = KeepAlives("etcd:2379")
         self.client.connection_made(self.wire)
         self.received = b""
+        self.frames = 0
         self.exchange()
 
     def exchange(self) -> None:
@@ -54,8 +57,16 @@ class _Etcd:
             for event in self.h2.receive_data(bytes(self.wire.sent)):
                 if isinstance(event, h2.events.DataReceived):
                     self.received += event.data
+                    self.frames += 1
             self.wire.sent.clear()
             self.client.data_received(self.h2.data_to_send())
+
+    async def receive(self, length: int) -> None:
+        """Exchange until etcd has ``length`` bytes of keepalives (they linger first)."""
+        deadline = time.monotonic() + 1
+        while len(self.received) < length and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER / 4)
+            self.exchange()
 
     def reply(self, ttls: list[int]) -> None:
         """A reply for each of ``ttls``, cut into DATA frames of 7 bytes, across messages."""
@@ -70,7 +81,7 @@ class _Etcd:
 async def test_keepalives_wait_for_the_window_and_replies_may_come_in_any_pieces() -> None:
     etcd = _Etcd(window=40)  # three keepalives and a byte of the fourth
     renewals = [etcd.client.renew(LEASE) for _ in range(5)]
-    etcd.exchange()
+    await etcd.receive(40)
     assert len(etcd.received) == 40
     etcd.h2.acknowledge_received_data(40, 1)  # etcd read them: the window opens again
     etcd.exchange()
@@ -84,7 +95,7 @@ async def test_keepalives_wait_for_the_window_and_replies_may_come_in_any_pieces
 async def test_what_waited_for_the_window_leaves_in_frames_etcd_takes() -> None:
     etcd = _Etcd(window=40)
     renewals = [etcd.client.renew(LEASE) for _ in range(2000)]  # 26,000 bytes
-    etcd.exchange()
+    await etcd.receive(40)
     etcd.h2.increment_flow_control_window(100_000)  # the connection's window
     etcd.h2.increment_flow_control_window(100_000, 1)  # and the stream's
     etcd.exchange()  # h2 refuses a frame over 16,384 bytes, the largest etcd takes
@@ -97,7 +108,7 @@ async def test_what_waited_for_the_window_leaves_in_frames_etcd_takes() -> None:
 async def test_an_error_from_etcd_ends_the_stream_and_fails_what_waits() -> None:
     etcd = _Etcd(window=65535)
     waiting = etcd.client.renew(LEASE)
-    etcd.exchange()
+    await etcd.receive(13)
     etcd.h2.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc"),
                              (b"grpc-status", b"14"),
                              (b"grpc-message", b"etcdserver: no leader")], end_stream=True)
@@ -107,3 +118,20 @@ async def test_an_error_from_etcd_ends_the_stream_and_fails_what_waits() -> None
     assert etcd.client.closed and etcd.wire.closed
     with pytest.raises(BackendUnavailable):
         etcd.client.renew(LEASE)
+
+
+async def test_a_keepalive_lingers_for_company_and_they_leave_in_one_frame() -> None:
+    etcd = _Etcd(window=65535)
+    started = time.monotonic()
+    lingering = [etcd.client.renew(LEASE) for _ in range(3)]
+    etcd.exchange()
+    assert etcd.received == b""
+    await etcd.receive(39)
+    assert time.monotonic() - started >= LINGER * 0.9  # the loop's clock is coarse
+    assert (len(etcd.received), etcd.frames) == (39, 1)
+    company = [etcd.client.renew(LEASE) for _ in range(COMPANY)]
+    etcd.exchange()  # enough of them: they leave at once
+    assert (len(etcd.received), etcd.frames) == (39 + 13 * COMPANY, 2)
+    etcd.reply([30] * (3 + COMPANY))
+    etcd.exchange()
+    assert [r.result() for r in lingering + company] == [30] * (3 + COMPANY)
