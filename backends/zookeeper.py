@@ -49,9 +49,13 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.handlers.utils import selector_select
 from kazoo.protocol.serialization import (
+    CheckVersion,
+    Create,
+    Delete,
     GetChildren,
     GetData,
     MultiHeader,
+    SetData,
     int_struct,
     multiheader_struct,
     read_buffer,
@@ -60,6 +64,7 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 from kazoo.protocol.states import KazooState, ZnodeStat
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from backends import stored
 from backends.linger import Linger
@@ -76,9 +81,9 @@ WRITE_ATTEMPTS = 50
 HISTORY = 10_000  # log entries kept for followers that resume
 REAP_INTERVAL = 0.2
 LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new ones
-# ZooKeeper refuses a request larger than jute.maxbuffer (1 MiB by default): a transaction and
-# its log entry must stay below, with room for the request's framing.
-MAX_TRANSACTION = 900_000
+# ZooKeeper refuses a request larger than jute.maxbuffer (1 MiB by default) and drops the
+# connection that sent it: a transaction stays below, with room for the request's header.
+MAX_TRANSACTION = 1_000_000
 MAX_BATCH = 64  # writes in one group commit
 READ_AHEAD = 64  # log entries a follower reads at once
 READS = 128  # reads in one multiRead
@@ -490,12 +495,9 @@ class ZooKeeperBackend:
             return False
         transaction = self.zk.transaction()
         transaction.check(self._revision_path, base)
-        size = 0
-        entries = []
-        for i, (ops, events) in enumerate(planned):  # type: ignore[misc]
-            entries.append(self._add(transaction, base + i, ops, events))
-            size += _size(ops, entries[-1])
-        if size > MAX_TRANSACTION:
+        entries = [self._add(transaction, base + i, ops, events)
+                   for i, (ops, events) in enumerate(planned)]  # type: ignore[misc]
+        if _size(transaction.operations) > MAX_TRANSACTION:
             return False
         failed = _failed_at(await self._bridge(transaction.commit_async))
         if failed == 0:  # the revision check
@@ -519,8 +521,7 @@ class ZooKeeperBackend:
             transaction = self.zk.transaction()
             transaction.check(self._revision_path, stat.version)
             entry = self._add(transaction, stat.version, ops, events)
-            size = _size(ops, entry)
-            if size > MAX_TRANSACTION:
+            if (size := _size(transaction.operations)) > MAX_TRANSACTION:
                 raise Invalid(f"a change of {size} bytes is more than one ZooKeeper "
                               f"transaction takes (jute.maxbuffer, 1 MiB by default)",
                               "endpoints")
@@ -961,9 +962,24 @@ async def _in_batches(pending: list[Any], run: Callable[[list[Any]], Awaitable[N
             raise
 
 
-def _size(ops: list[_Op], entry: bytes) -> int:
-    """Roughly what a revision adds to a request: its data, paths and log entry."""
-    return len(entry) + sum(len(a) for op in ops for a in op.args if isinstance(a, bytes | str))
+def _framing() -> dict[type, int]:
+    """What a multi request holds of each kind of operation besides its path and data, as
+    kazoo writes it: the operation's header, the lengths, a create's ACL and flags, a version."""
+    header = len(MultiHeader(-1, False, -1).serialize())
+    empty = [Create("", b"", OPEN_ACL_UNSAFE, 0), SetData("", b"", -1), Delete("", -1),
+             CheckVersion("", -1)]
+    return {type(op): header + len(op.serialize()) for op in empty}
+
+
+_FRAMING = _framing()
+
+
+def _size(operations: list[Any]) -> int:
+    """The bytes of a multi request of ``operations`` (kazoo's requests), counted without
+    writing it, which costs about 4 us an operation."""
+    return multiheader_struct.size + sum(  # the header that ends the request, and each op
+        _FRAMING[type(op)] + len(op.path.encode()) + len(getattr(op, "data", b""))
+        for op in operations)
 
 
 def _failed_at(results: list[Any]) -> int | None:
