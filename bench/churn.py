@@ -202,6 +202,8 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
         renewer = threading.Thread(target=asyncio.run, args=(_renew(
             process.api.base, leases, args.renew_every, stopping, renewing, counts),))
         renewer.start()
+        stack.callback(renewer.join)  # whatever fails, the renewer stops before sdns does
+        stack.callback(stopping.set)
         started = time.monotonic()
         asyncio.run(_register(process.api.base, args.leases, per_lease, leases))
         loaded = time.monotonic() - started
@@ -215,21 +217,19 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
         # loading can come back during them, and its wait is the loading's, not the windows'
         counts[:3], counts[4] = [0, 0, 0.0], time.monotonic()
         quiet, busy = [], []
-        try:
-            for window in range(max(2, args.hold // args.window)):
-                if window % 2:
-                    renewing.set()
-                else:
-                    renewing.clear()
-                # a window with lost queries would wait dnsperf's default 5 s for them,
-                # stretching the pause between two renewals of a lease towards its ttl
-                measured = dnsperf(server, queries, args.window, timeout=1)[0]
-                (busy if window % 2 else quiet).append(measured)
-            renewing.set()  # while the leases are counted
-            held = asyncio.run(_still_held(process.api.base, [i for i, _ in leases]))
-        finally:
-            stopping.set()
-            renewer.join()
+        for window in range(max(2, args.hold // args.window)):
+            if window % 2:
+                renewing.set()
+            else:
+                renewing.clear()
+            # a window with lost queries would wait dnsperf's default 5 s for them,
+            # stretching the pause between two renewals of a lease towards its ttl
+            measured = dnsperf(server, queries, args.window, timeout=1)[0]
+            (busy if window % 2 else quiet).append(measured)
+        renewing.set()  # while the leases are counted
+        held = asyncio.run(_still_held(process.api.base, [i for i, _ in leases]))
+        stopping.set()
+        renewer.join()
         qps = [median([r.qps for r in runs]) for runs in (quiet, busy)]
         per_cpu = [median([r.qps / r.cpu for r in runs]) for runs in (quiet, busy)]
         return (backend, f"{per_lease * args.leases:,}", args.leases, f"{loaded:.0f} s",
