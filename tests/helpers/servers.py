@@ -18,7 +18,9 @@ import pytest
 
 from tests.helpers.support import free_port
 
-ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+# slf4j-simple: ZooKeeper's warnings and errors go to the server's log, not to slf4j's no-op
+ZOOKEEPER_CLASSPATH = ("/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:"
+                       "/usr/share/java/slf4j-simple.jar")
 
 
 def missing_etcd() -> str | None:
@@ -144,6 +146,7 @@ class ZooKeeper(Server):
 
     def command(self) -> list[str]:
         return ["java", "-cp", ZOOKEEPER_CLASSPATH, f"-Dzookeeper.log.dir={self.dir}",
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.dir / "zoo.cfg")]
 
 
