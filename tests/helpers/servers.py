@@ -142,7 +142,29 @@ class ZooKeeper(Server):
             "clientPortAddress=127.0.0.1\n"
             "admin.enableServer=false\n"
             "minSessionTimeout=1000\nmaxSessionTimeout=20000\n"
+            "4lw.commands.whitelist=srvr\n"
         )
+
+    def start(self) -> ZooKeeper:
+        super().start()
+        deadline = time.monotonic() + 30
+        while not self._serving():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ZooKeeper not serving after 30 s:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def _serving(self) -> bool:
+        """Whether ZooKeeper takes sessions. It listens before it has loaded its data, and a
+        session asked for then can go unanswered until the client gives up (5 s in sdns)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=1) as sock:
+                sock.sendall(b"srvr")
+                reply = b"".join(iter(lambda: sock.recv(4096), b""))
+        except OSError:
+            return False
+        return b"Mode:" in reply
 
     def command(self) -> list[str]:
         return ["java", "-cp", ZOOKEEPER_CLASSPATH, f"-Dzookeeper.log.dir={self.dir}",
