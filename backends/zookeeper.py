@@ -85,6 +85,9 @@ LEASE_SCAN_INTERVAL = 1.0  # how often the reaper lists the leases, to learn new
 # connection that sent it: a transaction stays below, with room for the request's header.
 MAX_TRANSACTION = 1_000_000
 MAX_BATCH = 64  # writes in one group commit
+# Endpoints one revision removes when a lease ends or a service goes: a thousand of the longest
+# names take about 800 kB, within a transaction. Past that the removal takes several revisions.
+REMOVALS = 1_000
 READ_AHEAD = 64  # log entries a follower reads at once
 READS = 128  # reads in one multiRead
 REMEMBERED_LEASES = 100_000  # leases whose last write here is kept for one-step renewals
@@ -584,26 +587,36 @@ class ZooKeeperBackend:
         return await self._write(plan)
 
     async def delete_service(self, key: ServiceKey) -> int:
+        """The service and its endpoints, in one revision (REMOVALS endpoints a revision
+        before the service's own past that)."""
         path = self._service_path(key)
+        last = False
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
+            nonlocal last
             current = await self._get(path)
             if current is None:
                 raise NotFound(f"service {key} not found")
             endpoint_ids = await self._children(self._endpoints_path(key))
+            last = len(endpoint_ids) <= REMOVALS
+            endpoint_ids = endpoint_ids[:REMOVALS]
             ops = [_Op("delete", (f"{self._endpoints_path(key)}/{i}",)) for i in endpoint_ids]
             held = await asyncio.gather(*(self._endpoint(f"{self._endpoints_path(key)}/{i}")
                                           for i in endpoint_ids))
             ops += [_Op("delete", (self._holder_path(found[0].lease, key, found[0].id),))
                     for found in held if found is not None and found[0].lease is not None]
-            ops.append(_Op("delete", (path, current[1].version)))
             events = [Event(revision, "delete", key, i) for i in endpoint_ids]
-            events.append(Event(revision, "delete", key))
-            for ip in stored.load_service(current[0]).cluster_ips:
-                ops.append(_Op("delete", (self._ip_path(ip),)))
+            if last:
+                ops.append(_Op("delete", (path, current[1].version)))
+                events.append(Event(revision, "delete", key))
+                for ip in stored.load_service(current[0]).cluster_ips:
+                    ops.append(_Op("delete", (self._ip_path(ip),)))
             return ops, events
 
-        return await self._write(plan)
+        while True:
+            revision = await self._write(plan)
+            if last:
+                return revision
 
     async def put_endpoint(self, key: ServiceKey, endpoint: Endpoint) -> int:
         path = f"{self._endpoints_path(key)}/{endpoint.id}"
@@ -809,36 +822,42 @@ class ZooKeeperBackend:
         return await self._end_lease(lease_id, due=False)
 
     async def _end_lease(self, lease_id: str, due: bool) -> int:
-        """Delete the lease and every endpoint it holds, in one revision; with ``due``, only
-        when it is past its deadline (``NotFound`` otherwise, and when it is gone)."""
+        """Delete the lease and every endpoint it holds, in one revision (REMOVALS endpoints
+        a revision past that); with ``due``, only when it is past its deadline (``NotFound``
+        otherwise, and when it is gone)."""
         path = self._lease_path(lease_id)
         emptied = await self._end_empty_lease(lease_id, due)
         if emptied is not None:
             return emptied
-        ended = 0
+        ended, last = 0, False
 
         async def plan(revision: int) -> tuple[list[_Op], list[Event]]:
-            nonlocal ended
+            nonlocal ended, last
             found = await self._read_lease(lease_id)
             if found is None:
                 raise NotFound(f"lease {lease_id} not found")
             if due and found[0].expires_at > time.time():
                 raise NotFound("renewed")
             ops, events = [], []
-            for holder in await self._children(path):
+            holders = await self._children(path)
+            for holder in holders[:REMOVALS]:
                 namespace, name, endpoint_id = holder.split(".")
                 key = ServiceKey(namespace, name)
                 ops += [_Op("delete", (f"{self._endpoints_path(key)}/{endpoint_id}",)),
                         _Op("delete", (f"{path}/{holder}",))]
                 events.append(Event(revision, "delete", key, endpoint_id, expired=due))
-            ops.append(_Op("delete", (path, found[1].version)))
+            last = len(holders) <= REMOVALS
+            if last:
+                ops.append(_Op("delete", (path, found[1].version)))
             ended = len(events)
             return ops, events
 
-        revision = await self._write(plan)
-        if due:
-            self.expired += ended
-        return revision
+        while True:
+            revision = await self._write(plan)
+            if due:
+                self.expired += ended
+            if last:
+                return revision
 
     async def _end_empty_lease(self, lease_id: str, due: bool) -> int | None:
         """End a lease that holds no endpoint with a plain delete, since nothing anyone
@@ -894,6 +913,8 @@ class ZooKeeperBackend:
                 trimmed = await self._trim_log(trimmed)
             except (BackendUnavailable, NoNodeError) as error:
                 log.debug("reaper: %s", error)
+            except Exception:  # one lease that cannot end must not stop every expiry
+                log.exception("reaper: expiring failed; trying again")
 
     def _know(self, lease_id: str, due: float) -> None:
         if self._leading.is_set():
