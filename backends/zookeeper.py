@@ -467,17 +467,18 @@ class ZooKeeperBackend:
 
     async def _commit_batch(self, batch: list[_Waiting]) -> None:
         batch = [w for w in batch if not w.done.done()]
-        if len(batch) < 2 or not await self._commit_together(batch):
-            for waiting in batch:  # one at a time: each gets its own outcome
-                try:
-                    settle(waiting.done, await self._commit_alone(waiting.plan))
-                except Exception as error:  # handed to the writer that waits for it
-                    settle(waiting.done, 0, error)
+        while len(batch) > 1 and (together := await self._commit_together(batch)):
+            batch = batch[together:]
+        for waiting in batch:  # one at a time: each gets its own outcome
+            try:
+                settle(waiting.done, await self._commit_alone(waiting.plan))
+            except Exception as error:  # handed to the writer that waits for it
+                settle(waiting.done, 0, error)
 
-    async def _commit_together(self, batch: list[_Waiting]) -> bool:
-        """The whole batch as one multi, each write with its own revision and log entry;
-        False when that cannot be (a plan refuses, the data moved, it would be too large),
-        and nothing is written then."""
+    async def _commit_together(self, batch: list[_Waiting]) -> int:
+        """As many writes from the front of the batch as one multi holds, each with its own
+        revision and log entry; how many. 0 when they cannot go together (a plan refuses,
+        the data moved, the first is too large alone), and nothing is written then."""
         for fresh in (False, True):
             # this replica's last commit usually tells the revision; when another replica
             # wrote since, the check fails, and it is read once
@@ -488,31 +489,39 @@ class ZooKeeperBackend:
             committed = await self._commit_batch_at(base, batch)
             if committed is not None:
                 return committed
-        return False
+        return 0
 
-    async def _commit_batch_at(self, base: int, batch: list[_Waiting]) -> bool | None:
+    async def _commit_batch_at(self, base: int, batch: list[_Waiting]) -> int | None:
         """``_commit_together`` at revision ``base``; None when the revision moved."""
         planned = await asyncio.gather(*(w.plan(base + 1 + i) for i, w in enumerate(batch)),
                                        return_exceptions=True)
         if any(isinstance(p, BaseException) for p in planned):
-            return False
+            return 0
         transaction = self.zk.transaction()
         transaction.check(self._revision_path, base)
-        entries = [self._add(transaction, base + i, ops, events)
-                   for i, (ops, events) in enumerate(planned)]  # type: ignore[misc]
-        if _size(transaction.operations) > MAX_TRANSACTION:
-            return False
+        size = _END + _size(transaction.operations)
+        entries: list[bytes] = []
+        for i, (ops, events) in enumerate(planned):  # type: ignore[misc]
+            start = len(transaction.operations)
+            entry = self._add(transaction, base + i, ops, events)
+            size += _size(transaction.operations[start:])
+            if size > MAX_TRANSACTION:
+                del transaction.operations[start:]  # this write and those after: later
+                break
+            entries.append(entry)
+        if not entries:
+            return 0
         failed = _failed_at(await self._bridge(transaction.commit_async))
         if failed == 0:  # the revision check
             self._version = None
             return None
         if failed is not None:
-            return False
-        self._version = base + len(batch)
-        for i, (waiting, entry) in enumerate(zip(batch, entries, strict=True)):
+            return 0
+        self._version = base + len(entries)
+        for i, (waiting, entry) in enumerate(zip(batch, entries, strict=False)):
             self._keep(base + 1 + i, entry)
             settle(waiting.done, base + 1 + i)
-        return True
+        return len(entries)
 
     async def _commit_alone(self, plan: Plan) -> int:
         """``plan`` as a transaction of its own, read again and retried while the data moves;
@@ -524,7 +533,7 @@ class ZooKeeperBackend:
             transaction = self.zk.transaction()
             transaction.check(self._revision_path, stat.version)
             entry = self._add(transaction, stat.version, ops, events)
-            if (size := _size(transaction.operations)) > MAX_TRANSACTION:
+            if (size := _END + _size(transaction.operations)) > MAX_TRANSACTION:
                 raise Invalid(f"a change of {size} bytes is more than one ZooKeeper "
                               f"transaction takes (jute.maxbuffer, 1 MiB by default)",
                               "endpoints")
@@ -996,11 +1005,13 @@ _FRAMING = _framing()
 
 
 def _size(operations: list[Any]) -> int:
-    """The bytes of a multi request of ``operations`` (kazoo's requests), counted without
-    writing it, which costs about 4 us an operation."""
-    return multiheader_struct.size + sum(  # the header that ends the request, and each op
-        _FRAMING[type(op)] + len(op.path.encode()) + len(getattr(op, "data", b""))
-        for op in operations)
+    """The bytes ``operations`` (kazoo's requests) take in a multi request, counted without
+    writing them, which costs about 4 us an operation; the request adds _END."""
+    return sum(_FRAMING[type(op)] + len(op.path.encode()) + len(getattr(op, "data", b""))
+               for op in operations)
+
+
+_END = multiheader_struct.size  # the header that ends a multi request
 
 
 def _failed_at(results: list[Any]) -> int | None:

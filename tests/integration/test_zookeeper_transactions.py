@@ -22,7 +22,8 @@ def _leased(count: int, lease: str, expires_at: float) -> list[Endpoint]:
 
 async def test_writes_about_a_transaction_large_are_stored_or_refused_on_one_session(
         zookeeper_server: ZooKeeper) -> None:
-    store = ZooKeeperBackend([zookeeper_server.endpoint], f"/sdns-tx-{uuid.uuid4().hex[:8]}")
+    prefix = f"/sdns-tx-{uuid.uuid4().hex[:8]}"
+    store = ZooKeeperBackend([zookeeper_server.endpoint], prefix)
     await store.start()
     try:
         session = store.zk.client_id
@@ -41,10 +42,14 @@ async def test_writes_about_a_transaction_large_are_stored_or_refused_on_one_ses
                 outcomes.append(None)
         assert outcomes[0] is not None and outcomes[-1] is None
         assert outcomes == sorted(outcomes, key=lambda o: o is None)  # refused from a size on
-        # eighteen sets of 100 that come together: more than one transaction takes
+        # eighteen sets of 100 that come together: more than one transaction takes, fewer
+        # than eighteen
         written = await asyncio.gather(*(store.put_endpoints(
             service.key, _leased(100, lease.id, lease.expires_at)) for service in services[4:]))
         assert len(set(written)) == 18
+        logged = await asyncio.gather(*(asyncio.to_thread(
+            store.zk.get, f"{prefix}/log/{revision:020d}") for revision in written))
+        assert 1 < len({stat.czxid for _, stat in logged}) < 18
         assert store.zk.client_id == session
         stored = (await store.snapshot()).endpoints
         assert [len(stored[s.key]) for s in services[4:]] == [100] * 18
