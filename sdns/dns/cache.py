@@ -16,7 +16,7 @@ from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from sdns.dns import tally, wire
 from sdns.dns.wire import Rcode, RecordType
-from sdns.dns.zone import Answer, Quick, Soa, Tag
+from sdns.dns.zone import Address, Answer, Quick, Record, Soa, Tag
 
 Key = tuple[bytes, int]
 
@@ -42,7 +42,8 @@ class Encoded:
     __slots__ = ("counts", "counts_edns", "denial", "flags", "records", "rest", "short", "tags",
                  "truncated_flags", "turn", "validity")
 
-    def __init__(self, packed: bytes, question_end: int, tags: frozenset[Tag]) -> None:
+    def __init__(self, packed: bytes, question_end: int, tags: frozenset[Tag],
+                 records: list[bytes] | None = None) -> None:
         self.flags = packed[2:4]
         self.truncated_flags = bytes((packed[2] | 0x02, packed[3]))
         self.counts = packed[4:12]
@@ -56,7 +57,8 @@ class Encoded:
         self.tags = tags
         self.validity = _validity()
         self.turn = 0
-        self.records = _rotatable(self.rest, an) if ns == ar == 0 else None
+        # the answer's records, when they can be served in any order (given, or found)
+        self.records = records or (_rotatable(self.rest, an) if ns == ar == 0 else None)
 
     @property
     def rotates(self) -> bool:
@@ -91,6 +93,13 @@ class Encoded:
         return query[:2] + flags + counts + question + (opt or b"")
 
 
+def _owned_by(records: tuple[Record, ...], qname: bytes) -> bool:
+    """Whether ``records`` are all ``Address`` records of one owner, the name ``qname``."""
+    owner = records[0].rname
+    return (all(type(record) is Address and record.rname is owner for record in records)
+            and wire.name(owner.label) == qname)
+
+
 def _rotatable(answers: bytes, count: int) -> list[bytes] | None:
     """The records of an answer section of several A or AAAA records owned by the question
     name (a pointer to it): these can be reordered freely. None for anything else."""
@@ -122,6 +131,15 @@ def encode(qname: bytes, qtype: int, answer: Answer) -> Encoded:
         packed = (struct.pack(">HBBHHHH", 0, _AUTHORITATIVE, answer.rcode, 1, 0, 1, 0) + qname
                   + struct.pack(">HH", qtype, wire.CLASS_IN) + soa.owned_in(len(qname)))
         return Encoded(packed, question_end, answer.tags)
+    records = answer.answer
+    if records and not answer.authority and not answer.additional and _owned_by(records, qname):
+        # addresses of the question's name (a headless service has one per endpoint): joined
+        # as dnslib would write them, each owner a pointer to the question
+        parts = [_OWNER_IS_QUESTION + record.wire for record in records]  # type: ignore[union-attr]
+        packed = b"".join((struct.pack(">HBBHHHH", 0, _AUTHORITATIVE, answer.rcode, 1,
+                                       len(parts), 0, 0), qname,
+                           struct.pack(">HH", qtype, wire.CLASS_IN), *parts))
+        return Encoded(packed, question_end, answer.tags, parts if len(parts) > 1 else None)
     record = DNSRecord(
         DNSHeader(id=0, qr=1, aa=1, rd=0, ra=0, rcode=answer.rcode),
         q=DNSQuestion(DNSLabel(list(wire.labels(qname))), qtype),

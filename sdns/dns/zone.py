@@ -5,12 +5,13 @@ exactly the answers a change touches."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel
+from dnslib import CNAME, NS, PTR, RR, SOA, SRV, TXT, DNSBuffer, DNSLabel
 
 from sdns.dns import wire
 from sdns.dns.wire import Rcode, RecordType
@@ -62,14 +63,38 @@ class Soa:
         return cls(zone, struct.pack(">HHIH", RecordType.SOA, 1, rr.ttl, len(data)) + data)
 
 
+class Address:
+    """An A or AAAA record whose type, class, TTL and data are already in wire form. dnslib's
+    encoder writes it as it writes an RR (``pack``); ``cache.encode`` joins the records of an
+    answer owned by the question name without the encoder. A headless service answers with one
+    per ready endpoint: made and encoded this way one costs about 1 us, against 9.5 us to make
+    an RR with A data and 11 us for dnslib to encode it (2026-11-23)."""
+
+    __slots__ = ("rname", "rtype", "wire")
+
+    def __init__(self, owner: DNSLabel, ip: str, ttl: int) -> None:
+        six = ":" in ip
+        data = socket.inet_pton(socket.AF_INET6 if six else socket.AF_INET, ip)
+        self.rname = owner
+        self.rtype = _AAAA if six else _A
+        self.wire = struct.pack(">HHIH", self.rtype, wire.CLASS_IN, ttl, len(data)) + data
+
+    def pack(self, buffer: DNSBuffer) -> None:
+        buffer.encode_name(self.rname)
+        buffer.append(self.wire)
+
+
+Record = RR | Address
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Records for a question; with no records, ``soa`` makes it a negative answer (one that
     follows CNAMEs has its SOA in ``authority`` instead)."""
 
     rcode: int
-    answer: tuple[RR, ...] = ()
-    additional: tuple[RR, ...] = ()
+    answer: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
     soa: Soa | None = None
     authority: tuple[RR, ...] = ()
     tags: frozenset[Tag] = frozenset()
@@ -88,8 +113,8 @@ class Quick(NamedTuple):
 class _Node:
     """A name that exists: its records by type (none for an empty non-terminal)."""
 
-    records: dict[int, list[RR]] = field(default_factory=dict)
-    additional: list[RR] = field(default_factory=list)
+    records: dict[int, list[Record]] = field(default_factory=dict)
+    additional: list[Record] = field(default_factory=list)
     tags: set[Tag] = field(default_factory=set)
 
 
@@ -145,7 +170,7 @@ class Zone:
         found = self._node(labels)
         if found is None:
             return None
-        chain: list[RR] = []
+        chain: list[Record] = []
         tags: set[Tag] = set()
         seen = {labels}
         while True:
@@ -264,7 +289,7 @@ class Zone:
             return None if node is None else (labels[-2:], node)
         return None
 
-    def _negative(self, rcode: Rcode, zone: tuple[bytes, ...], chain: list[RR],
+    def _negative(self, rcode: Rcode, zone: tuple[bytes, ...], chain: list[Record],
                   tags: set[Tag]) -> Answer:
         """NXDOMAIN or NODATA with the zone's SOA (RFC 2308), after the CNAMEs that led there."""
         if not chain:
@@ -385,12 +410,8 @@ class Zone:
             node.records.setdefault(record.rtype, []).append(record)
         return node
 
-    def _address_records(self, owner: DNSLabel, ips: list[str]) -> list[RR]:
-        return [
-            RR(owner, RecordType.AAAA, ttl=self.ttl, rdata=AAAA(ip)) if ":" in ip
-            else RR(owner, RecordType.A, ttl=self.ttl, rdata=A(ip))
-            for ip in ips
-        ]
+    def _address_records(self, owner: DNSLabel, ips: list[str]) -> list[Record]:
+        return [Address(owner, ip, self.ttl) for ip in ips]
 
     # Reverse zones: the addresses we hold, and the service CIDRs, where an address nobody
     # holds does not exist; other names are not ours.

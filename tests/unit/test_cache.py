@@ -4,8 +4,10 @@ import tracemalloc
 
 import dns.edns
 import dns.message
-from dnslib import RR, A, DNSLabel
+import pytest
+from dnslib import AAAA, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
+from sdns.dns import cache
 from sdns.dns.cache import (
     ANSWER_OVERHEAD,
     PACKET_OVERHEAD,
@@ -16,7 +18,7 @@ from sdns.dns.cache import (
 )
 from sdns.dns.responder import Responder
 from sdns.dns.wire import RecordType
-from sdns.dns.zone import Answer, Zone
+from sdns.dns.zone import Address, Answer, Zone
 from sdns.model import Service
 from sdns.store import Snapshot
 from sdns.view import View
@@ -27,6 +29,25 @@ NAME = b"\x03web\x07default\x00"
 def _entry(tags: frozenset) -> object:
     rr = RR(DNSLabel("web.default"), RecordType.A, ttl=5, rdata=A("10.0.0.1"))
     return encode(NAME, RecordType.A, Answer(0, (rr,), tags=tags))
+
+
+def test_addresses_of_the_question_are_encoded_as_dnslib_encodes_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = DNSLabel("web.default")
+    for qtype, ips, rdata in ((RecordType.A, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], A),
+                              (RecordType.AAAA, ["fd00::1", "fd00::2"], AAAA),
+                              (RecordType.A, ["10.0.0.9"], A)):
+        made = encode(NAME, qtype, Answer(0, tuple(RR(owner, qtype, ttl=5, rdata=rdata(ip))
+                                                   for ip in ips)))
+        with monkeypatch.context() as patched:  # joined without dnslib's encoder
+            patched.setattr(cache, "DNSRecord", None)
+            joined = encode(NAME, qtype, Answer(0, tuple(Address(owner, ip, 5) for ip in ips)))
+        assert (joined.flags, joined.counts, joined.rest) == (made.flags, made.counts, made.rest)
+        assert joined.records == made.records  # served in turn, one address first each time
+        # and dnslib writes them the same when the encoder is needed (other records beside)
+        packed = DNSRecord(DNSHeader(id=0, qr=1, aa=1, rd=0, ra=0), q=DNSQuestion(owner, qtype),
+                           rr=[Address(owner, ip, 5) for ip in ips]).pack()
+        assert packed[12 + len(NAME) + 4:] == made.rest
 
 
 def test_invalidate_drops_only_tagged_entries() -> None:
