@@ -6,7 +6,7 @@ The benchmarks start sdns, etcd, ZooKeeper and namespaces with the tests' helper
 import runpy
 import sys
 
-BENCHES = ["qps", "counting", "checks", "startup", "freshness", "churn", "balancer"]
+BENCHES = ["qps", "counting", "checks", "startup", "freshness", "churn", "rolling", "balancer"]
 
 args = sys.argv[1:]
 names = [args.pop(0)] if args and not args[0].startswith("-") else BENCHES
