@@ -45,6 +45,7 @@ class KeepAlives(asyncio.Protocol):
         self._stream = 0
         self._unsent = b""  # what etcd's flow-control window does not take yet
         self._lingering: list[bytes] = []  # keepalives waiting for company
+        self._unanswered = 0  # keepalives sent that have no reply yet
         self._linger = Linger(self._leave)
         self._received = b""  # the start of a message whose end is still to come
         self._waiting: dict[int, deque[asyncio.Future[int]]] = {}
@@ -83,11 +84,14 @@ class KeepAlives(asyncio.Protocol):
         answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(lease, deque()).append(answered)
         self._lingering.append(b"\x00" + len(body).to_bytes(4, "big") + body)  # a gRPC message
+        if self._unanswered:
+            self._linger.overlapped()
         self._linger.came(len(self._lingering))
         return answered
 
     def _leave(self) -> None:
         messages, self._lingering = self._lingering, []
+        self._unanswered += len(messages)
         self._send(b"".join(messages))
 
     def _send(self, data: bytes) -> None:
@@ -134,6 +138,7 @@ class KeepAlives(asyncio.Protocol):
                 break
             reply = aetcd.rpc.LeaseKeepAliveResponse.FromString(received[start + 5:end])
             start = end
+            self._unanswered -= 1
             waiting = self._waiting.get(reply.ID)
             if waiting:
                 settle(waiting.popleft(), reply.TTL)

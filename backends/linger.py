@@ -7,6 +7,12 @@ renewals a second, one at a time, etcd took 430-510 us of CPU per keepalive and 
 155-190 us and 100-370 us (docs/PERFORMANCE.md). So a renewal that finds nothing on its way
 waits up to LINGER for others, and COMPANY of them leave at once. A renewal is still answered
 only once the store has it; what it adds is at most LINGER to its answer.
+
+A renewer that sends its next renewal only once the last is answered (an agent renewing its
+leases one after another) would wait LINGER for each, for company that cannot come: 100
+leases would take 2 s. So once a renewal has waited the whole LINGER alone, renewals leave at
+once, until one comes while another is still unanswered: then renewers overlap, and company
+can come.
 """
 
 from __future__ import annotations
@@ -19,22 +25,31 @@ COMPANY = 8  # renewals waiting together that leave without waiting longer
 
 
 class Linger:
-    """Calls ``leave`` once COMPANY renewals wait, or LINGER after the first of them came."""
+    """Calls ``leave`` once COMPANY renewals wait, or LINGER after the first of them came
+    (at once while renewals come one after another's answer)."""
 
     def __init__(self, leave: Callable[[], object]) -> None:
         self._leave = leave
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting = 0
+        self._alone = False  # the last renewal waited the whole LINGER for nothing
 
     def came(self, waiting: int) -> None:
         """One more renewal came; ``waiting`` of them wait now, counting it."""
-        if waiting >= COMPANY:
+        self._waiting = waiting
+        if waiting >= COMPANY or self._alone:
             self.cancel()
             self._leave()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(LINGER, self._go)
 
+    def overlapped(self) -> None:
+        """A renewal came while others sent before it had no answer yet."""
+        self._alone = False
+
     def _go(self) -> None:
         self._timer = None
+        self._alone = self._waiting == 1
         self._leave()
 
     def cancel(self) -> None:

@@ -787,7 +787,9 @@ class ZooKeeperBackend:
         (backends/linger.py)."""
         renewal = _Renewal(lease, version, asyncio.get_running_loop().create_future())
         self._renewals.append(renewal)
-        if self._renewing is None or self._renewing.done():
+        if self._renewing is not None and not self._renewing.done():
+            self._linger.overlapped()  # it goes in the next multi
+        else:
             self._linger.came(len(self._renewals))
         return await renewal.done
 

@@ -49,6 +49,7 @@ class _Etcd:
         self.client.connection_made(self.wire)
         self.received = b""
         self.frames = 0
+        self.responded = False  # the reply's headers are sent
         self.exchange()
 
     def exchange(self) -> None:
@@ -70,7 +71,10 @@ class _Etcd:
 
     def reply(self, ttls: list[int]) -> None:
         """A reply for each of ``ttls``, cut into DATA frames of 7 bytes, across messages."""
-        self.h2.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+        if not self.responded:
+            self.responded = True
+            self.h2.send_headers(1, [(b":status", b"200"),
+                                     (b"content-type", b"application/grpc")])
         bodies = [aetcd.rpc.LeaseKeepAliveResponse(ID=LEASE, TTL=ttl).SerializeToString()
                   for ttl in ttls]
         data = b"".join(b"\x00" + len(body).to_bytes(4, "big") + body for body in bodies)
@@ -135,3 +139,22 @@ async def test_a_keepalive_lingers_for_company_and_they_leave_in_one_frame() -> 
     etcd.reply([30] * (3 + COMPANY))
     etcd.exchange()
     assert [r.result() for r in lingering + company] == [30] * (3 + COMPANY)
+
+
+async def test_keepalives_sent_one_after_another_s_answer_stop_waiting_for_company() -> None:
+    etcd = _Etcd(window=65535)
+    first = etcd.client.renew(LEASE)
+    await etcd.receive(13)  # it waited LINGER, alone
+    etcd.reply([30])
+    etcd.exchange()
+    assert first.result() == 30
+    second = etcd.client.renew(LEASE)  # the renewer waited for the answer: no company comes
+    etcd.exchange()
+    assert len(etcd.received) == 26
+    third = etcd.client.renew(LEASE)  # while the second has no answer: renewers overlap
+    etcd.exchange()
+    assert len(etcd.received) == 26
+    await etcd.receive(39)
+    etcd.reply([31, 32])
+    etcd.exchange()
+    assert (second.result(), third.result()) == (31, 32)
