@@ -17,7 +17,6 @@ import asyncio
 import os
 import platform
 import re
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ import aiohttp
 
 from bench.freshness import _backend_flags
 from bench.qps import Server, dnsperf, vip
-from bench.report import median, table, write_section
+from bench.report import median, pin_to_server_core, table, write_section
 from tests.helpers.support import SdnsProcess
 
 ZONE = "svc.cluster.local"
@@ -207,8 +206,7 @@ def run(backend: str, args: argparse.Namespace, workdir: Path) -> tuple[object, 
         started = time.monotonic()
         asyncio.run(_register(process.api.base, args.leases, per_lease, leases))
         loaded = time.monotonic() - started
-        subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
-                       capture_output=True)
+        pin_to_server_core(process.process.pid)
         queries = workdir / f"churn-{backend}.txt"
         queries.write_text("".join(f"churn-{i}.default.{ZONE} A\n" for i in range(args.leases)))
         server = Server(process.dns_port, process.process.pid)

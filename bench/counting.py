@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.qps import HOT, Server, _load, compare, query_files
-from bench.report import ROOT, median, table, write_section
+from bench.report import ROOT, median, pin_to_server_core, table, write_section
 from tests.helpers.support import SdnsProcess
 
 BEFORE = "9db2535"  # the last commit before DNS counting
@@ -27,8 +27,7 @@ def _sdns(stack: ExitStack, pythonpath: str | None) -> SdnsProcess:
                           env=env).start()
     stack.callback(process.stop)
     asyncio.run(_load(process.api.base, HOT))
-    subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
-                   capture_output=True)
+    pin_to_server_core(process.process.pid)
     return process
 
 

@@ -38,6 +38,7 @@ from bench.report import (
     median,
     peak_rss_mb,
     percentile,
+    pin_to_server_core,
     rss_mb,
     table,
     write_section,
@@ -169,8 +170,7 @@ def start_sdns(services: int, stack: ExitStack) -> SdnsProcess:
     process = SdnsProcess("--service-cidr", "10.96.0.0/12", "--log-level", "warning").start()
     stack.callback(process.stop)
     asyncio.run(_load(process.api.base, services))
-    subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
-                   capture_output=True)
+    pin_to_server_core(process.process.pid)
     return process
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
 
 import dns.message
 import dns.query
 
-from bench.report import cpu_seconds, table, write_section
+from bench.report import cpu_seconds, pin_to_server_core, table, write_section
 from tests.helpers.support import SdnsProcess
 
 NAME = "web.roll.svc.cluster.local"
@@ -28,8 +27,7 @@ def _step_costs(size: int, steps: int, asked: bool) -> float:
     """sdns CPU seconds per step of a rolling update of a headless service of ``size``."""
     process = SdnsProcess("--log-level", "warning").start()
     try:
-        subprocess.run(["taskset", "-apc", "0", str(process.process.pid)], check=True,
-                       capture_output=True)
+        pin_to_server_core(process.process.pid)
         process.api.put("/v1/services/roll/web", {"clusterIP": "None",
                                                   "ports": [{"name": "http", "port": 80}]})
         old = [{"id": f"old{i}", "ip": f"10.1.{i // 250}.{i % 250 + 1}"} for i in range(size)]
